@@ -1,0 +1,104 @@
+package shylock
+
+import (
+	"context"
+	"time"
+)
+
+// Backend stores locks. The mongo, arango and memory packages implement it; any implementation
+// must pass shylocktest.Run. Users normally hand a Backend to Configure and never call it
+// directly, except for the administrative Inspect, List and ForceRelease.
+//
+// Every method validates its input with ValidateName and ValidateTTL before any I/O. Expiry is
+// always judged by the backend's clock (the database server's), never by the caller's.
+// Implementations must be safe for concurrent use.
+type Backend interface {
+	// Acquire makes one attempt to take req.Name for req.Owner. It succeeds when nobody holds
+	// the name, when the holder's lease has expired, or when req.Owner already holds it (a retry
+	// after an ambiguous write recognises its own lock). Each success issues a fencing token
+	// greater than every token issued before for that name. It returns an error wrapping
+	// ErrLocked when another owner holds the name, and changes nothing then.
+	Acquire(ctx context.Context, req AcquireRequest) (Lease, error)
+
+	// Extend sets the expiry of the holding (name, owner, token) to ttl from now. It returns an
+	// error wrapping ErrNotHeld, and changes nothing, when that holding has expired, was
+	// released, or was taken over. Extending the same holding twice is harmless, so a renewal
+	// whose reply was lost can be retried.
+	Extend(ctx context.Context, name, owner string, token uint64, ttl time.Duration) (Lease, error)
+
+	// Release frees name if owner still has it. Token 0 matches any holding of owner, which lets
+	// a cancelled acquire remove what it may have written without knowing its token. It returns
+	// an error wrapping ErrNotHeld, and changes nothing, when owner has nothing to release.
+	Release(ctx context.Context, name, owner string, token uint64) error
+
+	// Inspect reads the state of one lock. A name that was never locked, or whose record was
+	// garbage-collected, gives Info{Name: name}.
+	Inspect(ctx context.Context, name string) (Info, error)
+
+	// List returns the records whose names start with prefix (literally: no pattern syntax),
+	// sorted by name. Released and expired records that still exist are included with
+	// Held false.
+	List(ctx context.Context, prefix string) ([]Info, error)
+
+	// ForceRelease frees name whoever holds it, for operators. The fencing sequence continues,
+	// so the next holder's token is still greater. It returns the record as it was before, and
+	// an error wrapping ErrNotHeld if nobody held the name.
+	ForceRelease(ctx context.Context, name string) (Info, error)
+}
+
+// AcquireRequest is one acquire attempt.
+type AcquireRequest struct {
+	Name  string        // the lock's name
+	Owner string        // random id of this holding; only it can extend or release
+	Label string        // human-readable description of the holder, stored for operators
+	TTL   time.Duration // how long the lease lasts without renewal
+}
+
+// Lease is the outcome of a successful Acquire or Extend.
+type Lease struct {
+	// Token is the fencing token of the holding.
+	Token uint64
+	// ExpiresAt is when the lease expires, by the backend's clock.
+	ExpiresAt time.Time
+	// Valid is how long after the request was sent the holder may consider the lock its own. It
+	// is at most the TTL, less any uncertainty about the backend's clock, so a holder that
+	// stops trusting its lock after Valid never overlaps with the next holder.
+	Valid time.Duration
+}
+
+// Info describes a lock record, for Inspect and List.
+type Info struct {
+	Name       string
+	Owner      string // owner id of the holding; empty once released
+	Label      string // the holder's label (see WithOwner)
+	Token      uint64 // fencing token of the current or last holding
+	AcquiredAt time.Time
+	RenewedAt  time.Time
+	ExpiresAt  time.Time // by the backend's clock
+	// Held reports whether the lock was held when it was read: owned and not expired by the
+	// backend's clock.
+	Held bool
+	// Remaining is how long the lease had left when it was read, 0 when not held.
+	Remaining time.Duration
+}
+
+// Notifier is implemented by backends that can tell waiters when a lock may have become free,
+// so that any number of waiters on one name in one process share a single watcher or poller
+// instead of each polling the server. Backends without it are polled by every waiter.
+type Notifier interface {
+	// Subscribe starts watching name. A value arrives on the subscription's channel whenever the
+	// lock may have become free: released in this process, released or deleted as seen by a
+	// change stream, or found free or expired by the shared poller, which polls with jittered
+	// exponential backoff between minPoll and maxPoll and wakes no later than the holder's
+	// expiry. Subscribe before an acquire attempt so that no release after the attempt is missed.
+	Subscribe(name string, minPoll, maxPoll time.Duration) Subscription
+}
+
+// Subscription is a Notifier's registration for one waiter.
+type Subscription interface {
+	// C receives a value when the lock may have become free. Values coalesce: one pending
+	// value stands for any number of changes.
+	C() <-chan struct{}
+	// Close ends the subscription; the shared watcher stops when its last subscriber leaves.
+	Close()
+}

@@ -1,0 +1,36 @@
+package shylock
+
+import "errors"
+
+// Sentinel errors. Every error returned by this package and its backends wraps at most a few of
+// these, so callers match them with errors.Is; the message around them says which lock and what
+// to do.
+var (
+	// ErrNotHeld means the caller does not hold the lock: it never acquired it, already released
+	// it, or lost it (then the error matches ErrLost too). A late Release or Extend after another
+	// owner took over returns it and changes nothing.
+	ErrNotHeld = errors.New("shylock: lock not held")
+
+	// ErrLocked means someone else holds the lock. Acquire returns it joined with ctx.Err() when
+	// the context ends while waiting, so both errors.Is(err, ErrLocked) and
+	// errors.Is(err, context.DeadlineExceeded) hold.
+	ErrLocked = errors.New("shylock: lock held by another owner")
+
+	// ErrLost means a lock that was held is no longer: it expired without renewal, renewal failed
+	// until the lease ran out, or it was force-released and taken over. Work done under it may
+	// have overlapped with the next holder; fencing tokens let a resource reject such late writes.
+	ErrLost = errors.New("shylock: lock lost")
+
+	// ErrNotConfigured means no backend was given: call Configure at start-up or pass WithBackend.
+	ErrNotConfigured = errors.New("shylock: no backend configured (call shylock.Configure or use WithBackend)")
+
+	// ErrInvalidName means a lock name was empty, longer than MaxNameLen bytes, not valid UTF-8,
+	// or contained a NUL byte. Any other string is a valid name and is stored as a plain value.
+	ErrInvalidName = errors.New("shylock: invalid lock name")
+
+	// ErrInvalidTTL means a TTL was not within [MinTTL, MaxTTL].
+	ErrInvalidTTL = errors.New("shylock: invalid TTL")
+
+	// ErrInvalidOption means an option's value cannot work, for example WithRetry with max < min.
+	ErrInvalidOption = errors.New("shylock: invalid option")
+)

@@ -1,0 +1,147 @@
+package shylock_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/shylock-go/shylock"
+	"github.com/shylock-go/shylock/memory"
+)
+
+// Configure once at start-up, then lock by name anywhere. With MongoDB the backend comes from
+// mongo.New, with ArangoDB from arango.New; the rest is the same.
+func Example() {
+	backend := memory.New()
+	defer backend.Close()
+	shylock.Configure(backend)
+	defer shylock.Configure(nil)
+
+	err := shylock.Do(context.Background(), "orders/42", func(ctx context.Context) error {
+		fmt.Println("charging order 42")
+		return nil
+	})
+	fmt.Println("err:", err)
+	// Output:
+	// charging order 42
+	// err: <nil>
+}
+
+// Do renews the lock while fn runs and cancels fn's context if the lock is lost.
+func ExampleDo() {
+	backend := memory.New()
+	defer backend.Close()
+
+	err := shylock.Do(context.Background(), "reports/nightly", func(ctx context.Context) error {
+		select {
+		case <-ctx.Done(): // the lock was lost: stop touching what it protects
+			return context.Cause(ctx)
+		default:
+		}
+		fmt.Println("building the report")
+		return nil
+	}, shylock.WithBackend(backend), shylock.WithTTL(10*time.Second))
+	fmt.Println("err:", err)
+	// Output:
+	// building the report
+	// err: <nil>
+}
+
+// TryAcquire answers at once, for callers that would rather do something else than wait.
+func ExampleLock_TryAcquire() {
+	backend := memory.New()
+	defer backend.Close()
+	holder := shylock.New("tenants/7/migrate", shylock.WithBackend(backend), shylock.WithOwner("migrator-1"))
+	_, _ = holder.TryAcquire(context.Background())
+
+	l := shylock.New("tenants/7/migrate", shylock.WithBackend(backend))
+	ok, err := l.TryAcquire(context.Background())
+	fmt.Println(ok, err)
+	info, _ := backend.Inspect(context.Background(), l.Name())
+	fmt.Println("held by", info.Label)
+	// Output:
+	// false <nil>
+	// held by migrator-1
+}
+
+// Acquire waits until the lock is free or the context ends; the error then matches both
+// ErrLocked and the context's error, and no lock is left behind.
+func ExampleLock_Acquire() {
+	backend := memory.New()
+	defer backend.Close()
+	holder := shylock.New("orders/42", shylock.WithBackend(backend))
+	_, _ = holder.TryAcquire(context.Background())
+
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	l := shylock.New("orders/42", shylock.WithBackend(backend))
+	err := l.Acquire(ctx)
+	fmt.Println(errors.Is(err, shylock.ErrLocked), errors.Is(err, context.DeadlineExceeded))
+
+	_ = holder.Release(context.Background())
+	if err := l.Acquire(context.Background()); err == nil {
+		fmt.Println("acquired after the release")
+	}
+	_ = l.Release(context.Background())
+	// Output:
+	// true true
+	// acquired after the release
+}
+
+// AcquireAsync fits a select over several events.
+func ExampleLock_AcquireAsync() {
+	backend := memory.New()
+	defer backend.Close()
+	l := shylock.New("queues/emails", shylock.WithBackend(backend))
+	select {
+	case err := <-l.AcquireAsync(context.Background()):
+		fmt.Println("acquired:", err == nil)
+	case <-time.After(time.Second):
+		fmt.Println("gave up")
+	}
+	_ = l.Release(context.Background())
+	// Output: acquired: true
+}
+
+// Fencing tokens grow with every holding. A resource that remembers the highest token it has
+// seen can refuse a write from a holder that paused past its lease and was taken over.
+func ExampleLock_Token() {
+	backend := memory.New()
+	defer backend.Close()
+	var highest uint64
+	write := func(token uint64) error {
+		if token < highest {
+			return fmt.Errorf("stale token %d, already saw %d", token, highest)
+		}
+		highest = token
+		return nil
+	}
+
+	first := shylock.New("files/ledger", shylock.WithBackend(backend), shylock.WithTTL(20*time.Millisecond))
+	_, _ = first.TryAcquire(context.Background())
+	<-first.Lost() // it paused past its TTL
+	second := shylock.New("files/ledger", shylock.WithBackend(backend))
+	_ = second.Acquire(context.Background())
+
+	fmt.Println(write(second.Token()))
+	fmt.Println(write(first.Token()) != nil)
+	// Output:
+	// <nil>
+	// true
+}
+
+// Lost is closed when a held lock is lost, so long work can stop.
+func ExampleLock_Lost() {
+	backend := memory.New()
+	defer backend.Close()
+	l := shylock.New("jobs/reindex", shylock.WithBackend(backend), shylock.WithTTL(30*time.Millisecond))
+	_ = l.Acquire(context.Background())
+	select {
+	case <-l.Lost():
+		fmt.Println("lost:", l.Release(context.Background()))
+	case <-time.After(time.Second):
+		fmt.Println("still held")
+	}
+	// Output: lost: shylock: release "jobs/reindex": shylock: lock not held: shylock: lock lost (another owner may have held it meanwhile)
+}

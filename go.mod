@@ -1,0 +1,3 @@
+module github.com/shylock-go/shylock
+
+go 1.25

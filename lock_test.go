@@ -1,0 +1,210 @@
+package shylock_test
+
+import (
+	"context"
+	"errors"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/shylock-go/shylock"
+	"github.com/shylock-go/shylock/memory"
+)
+
+var ctx = context.Background()
+
+func newMemory(t *testing.T) *memory.Backend {
+	b := memory.New()
+	t.Cleanup(b.Close)
+	return b
+}
+
+// These tests change the process defaults, so they do not run in parallel.
+func TestConfigure(t *testing.T) {
+	t.Cleanup(func() { shylock.Configure(nil) })
+	shylock.Configure(nil)
+	early := shylock.New("jobs/early") // before Configure, as a package-level var would be
+	if shylock.Default() != nil {
+		t.Fatal("Default() is not nil before Configure")
+	}
+	_, err := early.TryAcquire(ctx)
+	if !errors.Is(err, shylock.ErrNotConfigured) {
+		t.Fatalf("TryAcquire without a backend: %v, want ErrNotConfigured", err)
+	}
+	err = shylock.Do(ctx, "jobs/x", func(context.Context) error { return nil })
+	if !errors.Is(err, shylock.ErrNotConfigured) {
+		t.Fatalf("Do without a backend: %v, want ErrNotConfigured", err)
+	}
+
+	b := newMemory(t)
+	shylock.Configure(b, shylock.WithTTL(5*time.Second), shylock.WithOwner("billing-api"))
+	if shylock.Default() != shylock.Backend(b) {
+		t.Fatal("Default() does not return the configured backend")
+	}
+	if ok, err := early.TryAcquire(ctx); !ok || err != nil {
+		t.Fatalf("TryAcquire on a Lock made before Configure = %v, %v", ok, err)
+	}
+	info, _ := b.Inspect(ctx, "jobs/early")
+	if info.Label != "billing-api" || info.Remaining > 5*time.Second {
+		t.Fatalf("the process defaults were not applied: %+v", info)
+	}
+	override := shylock.New("jobs/override", shylock.WithOwner("cron"), shylock.WithTTL(time.Minute))
+	if ok, _ := override.TryAcquire(ctx); !ok {
+		t.Fatal("TryAcquire failed")
+	}
+	info, _ = b.Inspect(ctx, "jobs/override")
+	if info.Label != "cron" || info.Remaining <= 5*time.Second {
+		t.Fatalf("per-lock options did not override the defaults: %+v", info)
+	}
+	other := newMemory(t)
+	if ok, _ := shylock.New("jobs/early", shylock.WithBackend(other)).TryAcquire(ctx); !ok {
+		t.Fatal("WithBackend did not override the default backend")
+	}
+}
+
+// faulty wraps a backend with switchable failures of Extend and Release.
+type faulty struct {
+	shylock.Backend
+	failExtend  atomic.Bool
+	extendCalls atomic.Int32
+	loseRelease atomic.Int32 // releases that apply but report an error
+}
+
+var errTransient = errors.New("connection refused (test fault)")
+
+func (f *faulty) Extend(ctx context.Context, name, owner string, token uint64, ttl time.Duration) (shylock.Lease, error) {
+	f.extendCalls.Add(1)
+	if f.failExtend.Load() {
+		return shylock.Lease{}, errTransient
+	}
+	return f.Backend.Extend(ctx, name, owner, token, ttl)
+}
+
+func (f *faulty) Release(ctx context.Context, name, owner string, token uint64) error {
+	err := f.Backend.Release(ctx, name, owner, token)
+	if err == nil && f.loseRelease.Add(-1) >= 0 {
+		return errTransient
+	}
+	return err
+}
+
+// TestRenewalOutlivesAcquireContext: a heartbeat tied to the acquiring context would die with
+// it and lose the lock.
+func TestRenewalOutlivesAcquireContext(t *testing.T) {
+	b := newMemory(t)
+	l := shylock.New("x", shylock.WithBackend(b), shylock.WithTTL(150*time.Millisecond), shylock.WithAutoRenew(true))
+	actx, cancel := context.WithTimeout(ctx, time.Second)
+	if err := l.Acquire(actx); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	time.Sleep(600 * time.Millisecond)
+	if !l.Held() {
+		t.Fatal("the lock was lost after its acquiring context ended")
+	}
+	if err := l.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestTransientRenewalErrors: failures of renewal are retried, and the lock is reported lost
+// only when the lease runs out, not at the first error.
+func TestTransientRenewalErrors(t *testing.T) {
+	f := &faulty{Backend: newMemory(t)}
+	const ttl = 300 * time.Millisecond
+	l := shylock.New("x", shylock.WithBackend(f), shylock.WithTTL(ttl), shylock.WithAutoRenew(true),
+		shylock.WithRetry(10*time.Millisecond, 20*time.Millisecond))
+	if ok, err := l.TryAcquire(ctx); !ok || err != nil {
+		t.Fatal(ok, err)
+	}
+	f.failExtend.Store(true)
+	time.Sleep(ttl / 2) // renewal fails from TTL/3 on
+	f.failExtend.Store(false)
+	time.Sleep(ttl)
+	if !l.Held() || closedWithin(l.Lost(), 0) {
+		t.Fatal("a transient renewal failure lost the lock")
+	}
+
+	f.failExtend.Store(true)
+	start := f.extendCalls.Load()
+	if !closedWithin(l.Lost(), 5*time.Second) {
+		t.Fatal("renewal failing forever never reported the lock lost")
+	}
+	if n := f.extendCalls.Load() - start; n < 2 {
+		t.Fatalf("renewal gave up after %d attempts; it should retry until the lease runs out", n)
+	}
+	err := l.Release(ctx)
+	if !errors.Is(err, shylock.ErrNotHeld) || !errors.Is(err, shylock.ErrLost) {
+		t.Fatalf("Release after loss: %v, want ErrNotHeld and ErrLost", err)
+	}
+}
+
+// TestReleaseWhoseReplyWasLost: the retry of a release that did apply succeeds.
+func TestReleaseWhoseReplyWasLost(t *testing.T) {
+	f := &faulty{Backend: newMemory(t)}
+	l := shylock.New("x", shylock.WithBackend(f))
+	if ok, _ := l.TryAcquire(ctx); !ok {
+		t.Fatal("TryAcquire failed")
+	}
+	f.loseRelease.Store(1)
+	if err := l.Release(ctx); !errors.Is(err, errTransient) {
+		t.Fatalf("Release = %v, want the transient error", err)
+	}
+	if err := l.Release(ctx); err != nil {
+		t.Fatalf("retried Release = %v; the first one applied, so this is a success", err)
+	}
+	if closedWithin(l.Lost(), 0) {
+		t.Fatal("Lost closed for a lock that was released")
+	}
+}
+
+// plain hides a backend's Notifier, as a third-party backend without one would.
+type plain struct{ shylock.Backend }
+
+func TestWaitingWithoutNotifierPolls(t *testing.T) {
+	b := plain{newMemory(t)}
+	a := shylock.New("x", shylock.WithBackend(b))
+	if ok, _ := a.TryAcquire(ctx); !ok {
+		t.Fatal("TryAcquire failed")
+	}
+	time.AfterFunc(50*time.Millisecond, func() { _ = a.Release(ctx) })
+	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	w := shylock.New("x", shylock.WithBackend(b), shylock.WithRetry(time.Millisecond, 20*time.Millisecond))
+	if err := w.Acquire(wctx); err != nil {
+		t.Fatalf("Acquire by polling: %v", err)
+	}
+}
+
+func TestConcurrentUseOfOneLock(t *testing.T) {
+	b := newMemory(t)
+	h := shylock.New("x", shylock.WithBackend(b))
+	if ok, _ := h.TryAcquire(ctx); !ok {
+		t.Fatal("TryAcquire failed")
+	}
+	l := shylock.New("x", shylock.WithBackend(b))
+	ch := l.AcquireAsync(ctx)
+	time.Sleep(20 * time.Millisecond)
+	if ok, err := l.TryAcquire(ctx); ok || !errors.Is(err, shylock.ErrLocked) {
+		t.Fatalf("a second acquire on a Lock already acquiring = %v, %v; want false and ErrLocked", ok, err)
+	}
+	_ = h.Release(ctx)
+	if err := <-ch; err != nil {
+		t.Fatal(err)
+	}
+	_ = l.Release(ctx)
+}
+
+func closedWithin(ch <-chan struct{}, d time.Duration) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+	}
+	select {
+	case <-ch:
+		return true
+	case <-time.After(d):
+		return false
+	}
+}

@@ -1,0 +1,219 @@
+// Package memory is an in-process shylock backend. It has the same semantics as the database
+// backends (expiry by its own clock, fencing tokens, owner-only release, shared waiters) and
+// serves single-process programs and unit tests of code that uses shylock.
+//
+// Locks live only as long as the Backend value: they exclude goroutines of one process, never
+// processes.
+package memory
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/shylock-go/shylock"
+	"github.com/shylock-go/shylock/internal/waiter"
+)
+
+// Backend is the in-process backend. It is safe for concurrent use by any number of goroutines.
+type Backend struct {
+	now func() time.Time
+	hub *waiter.Hub
+
+	mu    sync.Mutex
+	locks map[string]*record
+	// seq is one counter for every name: tokens that grow globally grow per name, and no
+	// per-name state has to outlive a release.
+	seq       uint64
+	sweepSize int
+}
+
+type record struct {
+	owner, label                     string
+	token                            uint64
+	acquiredAt, renewedAt, expiresAt time.Time
+}
+
+// Option configures a Backend.
+type Option func(*Backend)
+
+// WithClock replaces the backend's clock, which alone decides expiry, as a database server's
+// clock does. Tests use it to move time without sleeping; now must be safe for concurrent use.
+func WithClock(now func() time.Time) Option {
+	return func(b *Backend) { b.now = now }
+}
+
+// New returns an empty in-process backend.
+func New(opts ...Option) *Backend {
+	b := &Backend{now: time.Now, locks: map[string]*record{}, sweepSize: 1024}
+	for _, o := range opts {
+		o(b)
+	}
+	b.hub = waiter.New(func(ctx context.Context, name string) (bool, time.Duration, error) {
+		info, err := b.Inspect(ctx, name)
+		return info.Held, info.Remaining, err
+	})
+	b.hub.SetPushed(true) // every release happens in this process and notifies
+	return b
+}
+
+// Close stops the pollers of waiting goroutines. The locks themselves need no cleanup.
+func (b *Backend) Close() { b.hub.Close() }
+
+func (r *record) held(now time.Time) bool { return r.owner != "" && now.Before(r.expiresAt) }
+
+func check(ctx context.Context, name string) error {
+	if err := shylock.ValidateName(name); err != nil {
+		return err
+	}
+	return ctx.Err()
+}
+
+// Acquire implements shylock.Backend.
+func (b *Backend) Acquire(ctx context.Context, req shylock.AcquireRequest) (shylock.Lease, error) {
+	if err := check(ctx, req.Name); err != nil {
+		return shylock.Lease{}, err
+	}
+	if err := shylock.ValidateTTL(req.TTL); err != nil {
+		return shylock.Lease{}, err
+	}
+	if req.Owner == "" {
+		return shylock.Lease{}, fmt.Errorf("memory: acquire %q: empty owner id", req.Name)
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	now := b.now()
+	if r := b.locks[req.Name]; r != nil && r.owner != req.Owner && r.held(now) {
+		return shylock.Lease{}, fmt.Errorf("%w: %q is held by %q until %s", shylock.ErrLocked,
+			req.Name, r.label, r.expiresAt.Format(time.RFC3339Nano))
+	}
+	b.sweep(now)
+	b.seq++
+	exp := now.Add(req.TTL)
+	b.locks[req.Name] = &record{owner: req.Owner, label: req.Label, token: b.seq,
+		acquiredAt: now, renewedAt: now, expiresAt: exp}
+	return shylock.Lease{Token: b.seq, ExpiresAt: exp, Valid: req.TTL}, nil
+}
+
+// sweep drops expired records once the map has doubled since the last sweep, so that names
+// abandoned by crashed holders do not accumulate; the cost stays amortised O(1) per acquire.
+func (b *Backend) sweep(now time.Time) {
+	if len(b.locks) < b.sweepSize {
+		return
+	}
+	for name, r := range b.locks {
+		if !r.held(now) {
+			delete(b.locks, name)
+		}
+	}
+	b.sweepSize = max(1024, 2*len(b.locks))
+}
+
+// Extend implements shylock.Backend.
+func (b *Backend) Extend(ctx context.Context, name, owner string, token uint64, ttl time.Duration) (shylock.Lease, error) {
+	if err := check(ctx, name); err != nil {
+		return shylock.Lease{}, err
+	}
+	if err := shylock.ValidateTTL(ttl); err != nil {
+		return shylock.Lease{}, err
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	now := b.now()
+	r := b.locks[name]
+	if r == nil || r.owner != owner || r.token != token || !r.held(now) {
+		return shylock.Lease{}, fmt.Errorf("%w: %q is not held by this owner (expired, released or taken over)", shylock.ErrNotHeld, name)
+	}
+	r.renewedAt, r.expiresAt = now, now.Add(ttl)
+	return shylock.Lease{Token: token, ExpiresAt: r.expiresAt, Valid: ttl}, nil
+}
+
+// Release implements shylock.Backend. It removes owner's record even when it has expired, as
+// long as nobody took it over.
+func (b *Backend) Release(ctx context.Context, name, owner string, token uint64) error {
+	if err := check(ctx, name); err != nil {
+		return err
+	}
+	b.mu.Lock()
+	r := b.locks[name]
+	if r == nil || owner == "" || r.owner != owner || (token != 0 && r.token != token) {
+		b.mu.Unlock()
+		return fmt.Errorf("%w: %q has no holding of this owner to release", shylock.ErrNotHeld, name)
+	}
+	delete(b.locks, name)
+	b.mu.Unlock()
+	b.hub.Notify(name)
+	return nil
+}
+
+func (b *Backend) info(name string, r *record, now time.Time) shylock.Info {
+	in := shylock.Info{Name: name}
+	if r == nil {
+		return in
+	}
+	in.Owner, in.Label, in.Token = r.owner, r.label, r.token
+	in.AcquiredAt, in.RenewedAt, in.ExpiresAt = r.acquiredAt, r.renewedAt, r.expiresAt
+	if r.held(now) {
+		in.Held, in.Remaining = true, r.expiresAt.Sub(now)
+	}
+	return in
+}
+
+// Inspect implements shylock.Backend.
+func (b *Backend) Inspect(ctx context.Context, name string) (shylock.Info, error) {
+	if err := check(ctx, name); err != nil {
+		return shylock.Info{}, err
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.info(name, b.locks[name], b.now()), nil
+}
+
+// List implements shylock.Backend.
+func (b *Backend) List(ctx context.Context, prefix string) ([]shylock.Info, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	b.mu.Lock()
+	now := b.now()
+	var out []shylock.Info
+	for name, r := range b.locks {
+		if strings.HasPrefix(name, prefix) {
+			out = append(out, b.info(name, r, now))
+		}
+	}
+	b.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out, nil
+}
+
+// ForceRelease implements shylock.Backend.
+func (b *Backend) ForceRelease(ctx context.Context, name string) (shylock.Info, error) {
+	if err := check(ctx, name); err != nil {
+		return shylock.Info{}, err
+	}
+	b.mu.Lock()
+	now := b.now()
+	r := b.locks[name]
+	in := b.info(name, r, now)
+	delete(b.locks, name)
+	b.mu.Unlock()
+	if !in.Held {
+		return in, fmt.Errorf("%w: nobody holds %q", shylock.ErrNotHeld, name)
+	}
+	b.hub.Notify(name)
+	return in, nil
+}
+
+// Subscribe implements shylock.Notifier.
+func (b *Backend) Subscribe(name string, minPoll, maxPoll time.Duration) shylock.Subscription {
+	return b.hub.Subscribe(name, minPoll, maxPoll)
+}
+
+var (
+	_ shylock.Backend  = (*Backend)(nil)
+	_ shylock.Notifier = (*Backend)(nil)
+)

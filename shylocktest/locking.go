@@ -1,0 +1,223 @@
+package shylocktest
+
+import (
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/shylock-go/shylock"
+)
+
+// testMutualExclusion has 50 goroutines contend for one name and fails if two are ever inside
+// the critical section at once, or if tokens do not increase in the order of holding.
+func testMutualExclusion(t *testing.T, s *suite) {
+	const workers, rounds = 50, 2
+	var (
+		inside atomic.Int32
+		mu     sync.Mutex
+		tokens []uint64
+		wg     sync.WaitGroup
+	)
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for r := range rounds {
+				l := s.lock("contended", shylock.WithTTL(20*time.Second), shylock.WithRetry(5*time.Millisecond, 50*time.Millisecond))
+				if err := l.Acquire(s.ctx); err != nil {
+					t.Errorf("worker %d round %d: Acquire: %v", w, r, err)
+					return
+				}
+				if n := inside.Add(1); n != 1 {
+					t.Errorf("worker %d round %d: %d holders at once", w, r, n)
+				}
+				mu.Lock()
+				tokens = append(tokens, l.Token())
+				mu.Unlock()
+				time.Sleep(time.Millisecond)
+				inside.Add(-1)
+				if err := l.Release(s.ctx); err != nil {
+					t.Errorf("worker %d round %d: Release: %v", w, r, err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if len(tokens) != workers*rounds {
+		t.Fatalf("%d holdings, want %d", len(tokens), workers*rounds)
+	}
+	for i := 1; i < len(tokens); i++ {
+		if tokens[i] <= tokens[i-1] {
+			t.Fatalf("holding %d got token %d after token %d; tokens must strictly increase", i, tokens[i], tokens[i-1])
+		}
+	}
+}
+
+func testTryAcquireWhileHeld(t *testing.T, s *suite) {
+	a, b := s.lock("x"), s.lock("x")
+	s.mustAcquire(t, a)
+	ok, err := b.TryAcquire(s.ctx)
+	if ok || err != nil {
+		t.Fatalf("TryAcquire while another holds it = %v, %v; want false, nil", ok, err)
+	}
+	if b.Held() || b.Token() != 0 {
+		t.Fatalf("the loser reports Held=%v Token=%d; want false, 0", b.Held(), b.Token())
+	}
+	if !a.Held() || a.Token() == 0 {
+		t.Fatalf("the holder reports Held=%v Token=%d; want true and a token", a.Held(), a.Token())
+	}
+	if err := a.Release(s.ctx); err != nil {
+		t.Fatalf("Release: %v", err)
+	}
+	if a.Held() || a.Token() != 0 {
+		t.Fatalf("after Release: Held=%v Token=%d; want false, 0", a.Held(), a.Token())
+	}
+	s.mustAcquire(t, b)
+	if err := b.Release(s.ctx); err != nil {
+		t.Fatalf("Release: %v", err)
+	}
+}
+
+// testTakeoverAfterExpiry lets a lease run out and checks that a waiter takes over at the
+// holder's expiry (its polling bounds are far longer, so only the expiry hint can wake it in
+// time), and that the old holder is told.
+func testTakeoverAfterExpiry(t *testing.T, s *suite) {
+	const ttl = 200 * time.Millisecond
+	a := s.lock("x", shylock.WithTTL(ttl))
+	s.mustAcquire(t, a)
+	b := s.lock("x", shylock.WithRetry(20*time.Second, 30*time.Second))
+	if ok, err := b.TryAcquire(s.ctx); ok || err != nil {
+		t.Fatalf("TryAcquire before expiry = %v, %v; want false, nil", ok, err)
+	}
+	if err := b.Acquire(s.ctx); err != nil {
+		t.Fatalf("Acquire after the holder's lease ran out: %v", err)
+	}
+	if !closedWithin(a.Lost(), time.Second) {
+		t.Fatal("the expired holder's Lost() is not closed after another owner took over")
+	}
+	if a.Held() {
+		t.Fatal("the expired holder still reports Held")
+	}
+	if b.Token() <= a.Token() {
+		t.Fatalf("takeover token %d is not above the expired holder's %d", b.Token(), a.Token())
+	}
+	wantErr(t, "Extend by the expired holder", a.Extend(s.ctx, time.Minute), shylock.ErrNotHeld, shylock.ErrLost)
+	wantErr(t, "Release by the expired holder", a.Release(s.ctx), shylock.ErrNotHeld, shylock.ErrLost)
+	if info := s.inspect(t, b.Name()); !info.Held || info.Token != b.Token() {
+		t.Fatalf("after the late Release the lock is %+v; the new holder (token %d) must still hold it", info, b.Token())
+	}
+	if err := b.Release(s.ctx); err != nil {
+		t.Fatalf("Release by the new holder: %v", err)
+	}
+}
+
+// testOwnerOnly checks at the Backend level that nobody but the holding owner can extend or
+// release, and that such attempts change nothing.
+func testOwnerOnly(t *testing.T, s *suite) {
+	name := s.name("x")
+	lease, err := s.b.Acquire(s.ctx, shylock.AcquireRequest{Name: name, Owner: "owner-a", Label: "a", TTL: time.Minute})
+	if err != nil {
+		t.Fatalf("Acquire: %v", err)
+	}
+	if lease.Token == 0 || lease.Valid <= 0 || lease.Valid > time.Minute {
+		t.Fatalf("lease %+v: want a token and 0 < Valid <= TTL", lease)
+	}
+	_, err = s.b.Acquire(s.ctx, shylock.AcquireRequest{Name: name, Owner: "owner-b", Label: "b", TTL: time.Minute})
+	wantErr(t, "Acquire by another owner", err, shylock.ErrLocked)
+	wantErr(t, "Release by another owner", s.b.Release(s.ctx, name, "owner-b", 0), shylock.ErrNotHeld)
+	wantErr(t, "Release with the wrong token", s.b.Release(s.ctx, name, "owner-a", lease.Token+1), shylock.ErrNotHeld)
+	_, err = s.b.Extend(s.ctx, name, "owner-b", lease.Token, time.Hour)
+	wantErr(t, "Extend by another owner", err, shylock.ErrNotHeld)
+	_, err = s.b.Extend(s.ctx, name, "owner-a", lease.Token+1, time.Hour)
+	wantErr(t, "Extend with the wrong token", err, shylock.ErrNotHeld)
+	_, err = s.b.Extend(s.ctx, name, "", lease.Token, time.Hour)
+	wantErr(t, "Extend with an empty owner", err, shylock.ErrNotHeld)
+	wantErr(t, "Release with an empty owner", s.b.Release(s.ctx, name, "", 0), shylock.ErrNotHeld)
+
+	info := s.inspect(t, name)
+	if !info.Held || info.Owner != "owner-a" || info.Token != lease.Token || info.Remaining > time.Minute+time.Second {
+		t.Fatalf("after refused calls the lock is %+v; want held by owner-a, token %d, at most a minute left", info, lease.Token)
+	}
+	ext, err := s.b.Extend(s.ctx, name, "owner-a", lease.Token, 2*time.Minute)
+	if err != nil || ext.Token != lease.Token {
+		t.Fatalf("Extend by the owner = %+v, %v; want the same token", ext, err)
+	}
+	if info := s.inspect(t, name); info.Remaining <= time.Minute {
+		t.Fatalf("after Extend(2m) %v remain; want more than a minute", info.Remaining)
+	}
+	if err := s.b.Release(s.ctx, name, "owner-a", lease.Token); err != nil {
+		t.Fatalf("Release by the owner: %v", err)
+	}
+	wantErr(t, "second Release", s.b.Release(s.ctx, name, "owner-a", lease.Token), shylock.ErrNotHeld)
+	_, err = s.b.Extend(s.ctx, name, "owner-a", lease.Token, time.Minute)
+	wantErr(t, "Extend after Release", err, shylock.ErrNotHeld)
+}
+
+// testRetryRecognisesOwnLock repeats an acquire whose reply the caller never saw: the backend
+// must hand the lock back to the same owner rather than make it wait for its own TTL.
+func testRetryRecognisesOwnLock(t *testing.T, s *suite) {
+	req := shylock.AcquireRequest{Name: s.name("x"), Owner: "owner-a", Label: "a", TTL: time.Minute}
+	first, err := s.b.Acquire(s.ctx, req)
+	if err != nil {
+		t.Fatalf("Acquire: %v", err)
+	}
+	again, err := s.b.Acquire(s.ctx, req)
+	if err != nil {
+		t.Fatalf("repeated Acquire by the same owner: %v; it must recognise its own lock", err)
+	}
+	if again.Token <= first.Token {
+		t.Fatalf("repeated Acquire gave token %d after %d; want a greater one", again.Token, first.Token)
+	}
+	if err := s.b.Release(s.ctx, req.Name, req.Owner, 0); err != nil {
+		t.Fatalf("Release with token 0 (any holding of the owner): %v", err)
+	}
+	if info := s.inspect(t, req.Name); info.Held {
+		t.Fatalf("after Release the lock is %+v", info)
+	}
+}
+
+func testFencingTokens(t *testing.T, s *suite) {
+	var last uint64
+	next := func(how string, tok uint64) {
+		t.Helper()
+		if tok <= last {
+			t.Fatalf("%s: token %d is not above the previous %d", how, tok, last)
+		}
+		last = tok
+	}
+	for i := range 5 {
+		l := s.lock("x")
+		s.mustAcquire(t, l)
+		next("acquire after release", l.Token())
+		if i == 0 {
+			if err := l.Extend(s.ctx, time.Minute); err != nil || l.Token() != last {
+				t.Fatalf("Extend = %v and token %d; want nil and the same token %d", err, l.Token(), last)
+			}
+		}
+		if err := l.Release(s.ctx); err != nil {
+			t.Fatalf("Release: %v", err)
+		}
+	}
+	short := s.lock("x", shylock.WithTTL(50*time.Millisecond))
+	s.mustAcquire(t, short)
+	next("acquire", short.Token())
+	if !closedWithin(short.Lost(), 5*time.Second) {
+		t.Fatal("a 50ms lease without renewal was not reported lost within 5s")
+	}
+	waiter := s.lock("x")
+	if err := waiter.Acquire(s.ctx); err != nil {
+		t.Fatalf("Acquire after expiry: %v", err)
+	}
+	next("takeover after expiry", waiter.Token())
+	if _, err := s.b.ForceRelease(s.ctx, waiter.Name()); err != nil {
+		t.Fatalf("ForceRelease: %v", err)
+	}
+	after := s.lock("x")
+	s.mustAcquire(t, after)
+	next("acquire after ForceRelease", after.Token())
+	if err := after.Release(s.ctx); err != nil {
+		t.Fatalf("Release: %v", err)
+	}
+}

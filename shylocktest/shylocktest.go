@@ -1,0 +1,137 @@
+// Package shylocktest is the conformance suite every shylock backend passes. Backend authors
+// call Run from a test:
+//
+//	func TestConformance(t *testing.T) {
+//		shylocktest.Run(t, func(t *testing.T) shylock.Backend { return mybackend.New(...) })
+//	}
+//
+// The suite checks the guarantees a backend owns (mutual exclusion, expiry by the backend's
+// clock, owner-only release and extend, increasing fencing tokens, input validation,
+// administration) through both the Backend interface and the Lock API on top of it. Subtests run
+// in parallel on distinct names, so one shared database serves them all; every name starts with
+// a random prefix, so suites may share a collection.
+package shylocktest
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/shylock-go/shylock"
+)
+
+// NewBackend returns the backend to test. It may return the same backend to every subtest, or a
+// fresh one (then close it with t.Cleanup).
+type NewBackend func(t *testing.T) shylock.Backend
+
+type test struct {
+	name string
+	fn   func(t *testing.T, s *suite)
+}
+
+var tests = []test{
+	{"MutualExclusion", testMutualExclusion},
+	{"TryAcquireWhileHeld", testTryAcquireWhileHeld},
+	{"TakeoverAfterExpiry", testTakeoverAfterExpiry},
+	{"OwnerOnlyReleaseAndExtend", testOwnerOnly},
+	{"RetryRecognisesOwnLock", testRetryRecognisesOwnLock},
+	{"FencingTokensIncrease", testFencingTokens},
+	{"InvalidNames", testInvalidNames},
+	{"InvalidTTLs", testInvalidTTLs},
+	{"NamesAreValues", testNamesAreValues},
+	{"ReleaseAndExtendWithoutHolding", testWithoutHolding},
+	{"CancelledAcquireLeavesNoLock", testCancelledAcquire},
+	{"AmbiguousAcquireLeavesNoLock", testAmbiguousAcquire},
+	{"LostOnTakeover", testLostOnTakeover},
+	{"AutoRenewKeepsLock", testAutoRenew},
+	{"MaxHoldBoundsRenewal", testMaxHold},
+	{"ReleaseWakesWaiters", testReleaseWakesWaiters},
+	{"AcquireAsync", testAcquireAsync},
+	{"Do", testDo},
+	{"DoCancelsOnLoss", testDoCancelsOnLoss},
+	{"InspectListForceRelease", testAdmin},
+}
+
+// Run runs the conformance suite against the backends newBackend returns.
+func Run(t *testing.T, newBackend NewBackend) {
+	t.Helper()
+	prefix := "shylocktest/" + randomID() + "/"
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			b := newBackend(t)
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			t.Cleanup(cancel)
+			tc.fn(t, &suite{b: b, ctx: ctx, prefix: prefix + tc.name + "/"})
+		})
+	}
+}
+
+// suite is what one subtest works with.
+type suite struct {
+	b      shylock.Backend
+	ctx    context.Context
+	prefix string
+}
+
+// name returns a lock name unique to this subtest.
+func (s *suite) name(n string) string { return s.prefix + n }
+
+// lock returns a Lock on the backend under test.
+func (s *suite) lock(n string, opts ...shylock.Option) *shylock.Lock {
+	return shylock.New(s.name(n), append([]shylock.Option{shylock.WithBackend(s.b)}, opts...)...)
+}
+
+func (s *suite) mustAcquire(t *testing.T, l *shylock.Lock) {
+	t.Helper()
+	ok, err := l.TryAcquire(s.ctx)
+	if err != nil || !ok {
+		t.Fatalf("TryAcquire(%q) = %v, %v; want true, nil", l.Name(), ok, err)
+	}
+}
+
+func (s *suite) inspect(t *testing.T, name string) shylock.Info {
+	t.Helper()
+	info, err := s.b.Inspect(s.ctx, name)
+	if err != nil {
+		t.Fatalf("Inspect(%q): %v", name, err)
+	}
+	return info
+}
+
+func randomID() string {
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// wantErr fails unless err matches every target.
+func wantErr(t *testing.T, what string, err error, targets ...error) {
+	t.Helper()
+	if err == nil {
+		t.Fatalf("%s: got no error, want one matching %v", what, targets)
+	}
+	for _, target := range targets {
+		if !errors.Is(err, target) {
+			t.Fatalf("%s: error %q does not match %v", what, err, target)
+		}
+	}
+}
+
+// closedWithin reports whether ch is closed (or yields) within d.
+func closedWithin(ch <-chan struct{}, d time.Duration) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+	}
+	select {
+	case <-ch:
+		return true
+	case <-time.After(d):
+		return false
+	}
+}

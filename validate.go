@@ -1,0 +1,47 @@
+package shylock
+
+import (
+	"fmt"
+	"strings"
+	"time"
+	"unicode/utf8"
+)
+
+// Limits on names and TTLs, enforced before any I/O so bad input changes nothing.
+const (
+	// MaxNameLen is the longest lock name in bytes. It keeps every name within the index key
+	// limits of MongoDB and ArangoDB.
+	MaxNameLen = 512
+
+	// MinTTL is the shortest lease. Servers keep time in milliseconds, and a lease shorter than a
+	// few round trips would be lost before it could be used.
+	MinTTL = 10 * time.Millisecond
+
+	// MaxTTL is the longest lease. A longer one is almost always a unit mistake; hold a lock for
+	// longer with auto-renewal instead, which stops when the holder dies.
+	MaxTTL = 7 * 24 * time.Hour
+)
+
+// ValidateName reports whether name can be a lock name. Backends call it on every name they
+// receive; names are stored as values, so "$where", "a.b" or "{}" are ordinary names.
+func ValidateName(name string) error {
+	switch {
+	case name == "":
+		return fmt.Errorf("%w: the name is empty", ErrInvalidName)
+	case len(name) > MaxNameLen:
+		return fmt.Errorf("%w: the name is %d bytes, longer than the limit of %d", ErrInvalidName, len(name), MaxNameLen)
+	case !utf8.ValidString(name):
+		return fmt.Errorf("%w: %q is not valid UTF-8", ErrInvalidName, name)
+	case strings.IndexByte(name, 0) >= 0:
+		return fmt.Errorf("%w: %q contains a NUL byte", ErrInvalidName, name)
+	}
+	return nil
+}
+
+// ValidateTTL reports whether ttl can be a lease length.
+func ValidateTTL(ttl time.Duration) error {
+	if ttl < MinTTL || ttl > MaxTTL {
+		return fmt.Errorf("%w: %v is outside [%v, %v]", ErrInvalidTTL, ttl, MinTTL, MaxTTL)
+	}
+	return nil
+}
