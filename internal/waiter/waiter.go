@@ -41,7 +41,7 @@ type Hub struct {
 }
 
 type group struct {
-	subs   []*Sub // in order of arrival
+	subs   []*Sub          // in order of arrival
 	ctx    context.Context // cancelled when the last subscriber leaves or the hub closes
 	cancel context.CancelFunc
 	exited chan struct{} // closed when the group's poller has returned
