@@ -35,7 +35,8 @@ type holding struct {
 
 	// Guarded by Lock.mu.
 	ttl      time.Duration
-	deadline time.Time // local clock; past it the lease may have expired on the server
+	valid    time.Duration // of the last lease: how long it was good for from its request
+	deadline time.Time     // local clock; past it the lease may have expired on the server
 	isLost   bool
 	lost     chan struct{}
 	timer    *time.Timer // fires at deadline
@@ -197,7 +198,7 @@ func (l *Lock) hold(cfg config, req AcquireRequest, lease Lease, sent time.Time)
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	h := &holding{cfg: cfg, owner: req.Owner, token: lease.Token, acquired: sent,
-		ttl: cfg.ttl, deadline: sent.Add(lease.Valid), lost: l.lost}
+		ttl: cfg.ttl, valid: lease.Valid, deadline: sent.Add(lease.Valid), lost: l.lost}
 	l.h = h
 	h.timer = time.AfterFunc(time.Until(h.deadline), func() { l.expire(h) })
 	if cfg.autoRenew {
@@ -244,7 +245,7 @@ func (l *Lock) extended(h *holding, lease Lease, ttl time.Duration, sent time.Ti
 	if h.isLost || l.h != h {
 		return false
 	}
-	h.ttl, h.deadline = ttl, sent.Add(lease.Valid)
+	h.ttl, h.valid, h.deadline = ttl, lease.Valid, sent.Add(lease.Valid)
 	h.timer.Reset(time.Until(h.deadline))
 	return true
 }
@@ -264,10 +265,12 @@ func (l *Lock) renew(ctx context.Context, h *holding) {
 		}
 	}
 	for {
+		// Renew a third of the way into the lease, which leaves two thirds of it for retries.
+		// That is TTL/3 unless the backend's clock is uncertain enough to shorten the lease.
 		l.mu.Lock()
-		ttl := h.ttl
+		ttl, valid := h.ttl, h.valid
 		l.mu.Unlock()
-		if !sleep(ttl / 3) {
+		if !sleep(valid / 3) {
 			return
 		}
 		if cfg.maxHold > 0 {

@@ -124,7 +124,7 @@ func testAmbiguousAcquire(t *testing.T, s *suite) {
 // testLostOnTakeover force-releases a renewing holder's lock and lets another take it: the old
 // holder must learn at its next renewal, and its Release must not touch the new holding.
 func testLostOnTakeover(t *testing.T, s *suite) {
-	a := s.lock("x", shylock.WithTTL(300*time.Millisecond), shylock.WithAutoRenew(true))
+	a := s.lock("x", shylock.WithTTL(time.Second), shylock.WithAutoRenew(true))
 	s.mustAcquire(t, a)
 	if _, err := s.b.ForceRelease(s.ctx, a.Name()); err != nil {
 		t.Fatalf("ForceRelease: %v", err)
@@ -147,9 +147,9 @@ func testLostOnTakeover(t *testing.T, s *suite) {
 }
 
 func testAutoRenew(t *testing.T, s *suite) {
-	a := s.lock("x", shylock.WithTTL(300*time.Millisecond), shylock.WithAutoRenew(true))
+	a := s.lock("x", shylock.WithTTL(500*time.Millisecond), shylock.WithAutoRenew(true))
 	s.mustAcquire(t, a)
-	time.Sleep(time.Second)
+	time.Sleep(1500 * time.Millisecond)
 	if ok, err := s.lock("x").TryAcquire(s.ctx); ok || err != nil {
 		t.Fatalf("TryAcquire after 3 TTLs of a renewed lock = %v, %v; want false, nil", ok, err)
 	}
@@ -163,13 +163,13 @@ func testAutoRenew(t *testing.T, s *suite) {
 }
 
 func testMaxHold(t *testing.T, s *suite) {
-	a := s.lock("x", shylock.WithTTL(200*time.Millisecond), shylock.WithAutoRenew(true), shylock.WithMaxHold(600*time.Millisecond))
+	a := s.lock("x", shylock.WithTTL(400*time.Millisecond), shylock.WithAutoRenew(true), shylock.WithMaxHold(1200*time.Millisecond))
 	s.mustAcquire(t, a)
-	if closedWithin(a.Lost(), 350*time.Millisecond) {
+	if closedWithin(a.Lost(), 700*time.Millisecond) {
 		t.Fatal("lost before WithMaxHold's bound although auto-renew was on")
 	}
 	if !closedWithin(a.Lost(), 5*time.Second) {
-		t.Fatal("still held 5s after WithMaxHold(600ms)")
+		t.Fatal("still held 5s after WithMaxHold(1.2s)")
 	}
 	b := s.lock("x")
 	if err := b.Acquire(s.ctx); err != nil {
@@ -350,6 +350,6 @@ func testDoCancelsOnLoss(t *testing.T, s *suite) {
 			t.Error("fn's context was not cancelled 10s after its lock was force-released")
 			return nil
 		}
-	}, shylock.WithBackend(s.b), shylock.WithTTL(300*time.Millisecond))
+	}, shylock.WithBackend(s.b), shylock.WithTTL(time.Second))
 	wantErr(t, "Do whose lock was lost", err, shylock.ErrLost)
 }

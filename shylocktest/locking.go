@@ -167,8 +167,8 @@ func testRetryRecognisesOwnLock(t *testing.T, s *suite) {
 	if err != nil {
 		t.Fatalf("repeated Acquire by the same owner: %v; it must recognise its own lock", err)
 	}
-	if again.Token <= first.Token {
-		t.Fatalf("repeated Acquire gave token %d after %d; want a greater one", again.Token, first.Token)
+	if again.Token < first.Token {
+		t.Fatalf("repeated Acquire gave token %d after %d; it may keep the token but not go back", again.Token, first.Token)
 	}
 	if err := s.b.Release(s.ctx, req.Name, req.Owner, 0); err != nil {
 		t.Fatalf("Release with token 0 (any holding of the owner): %v", err)

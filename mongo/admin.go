@@ -1,0 +1,103 @@
+package mongo
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"regexp"
+	"strings"
+	"time"
+
+	"go.mongodb.org/mongo-driver/v2/bson"
+	mdb "go.mongodb.org/mongo-driver/v2/mongo"
+	"go.mongodb.org/mongo-driver/v2/mongo/options"
+
+	"github.com/shylock-go/shylock"
+)
+
+// info describes rec as of lo, the low end of the estimate of the server's clock: a lock that
+// may still be live counts as held, and Remaining is an upper bound.
+func (rec *record) info(lo time.Time) shylock.Info {
+	in := shylock.Info{Name: rec.Name, Owner: rec.Owner, Label: rec.Label, Token: uint64(rec.Token),
+		AcquiredAt: rec.AcquiredAt, RenewedAt: rec.RenewedAt, ExpiresAt: rec.ExpiresAt}
+	if rec.Owner != "" && rec.ExpiresAt.After(lo) {
+		in.Held, in.Remaining = true, rec.ExpiresAt.Sub(lo)
+	}
+	return in
+}
+
+// Inspect implements shylock.Backend.
+func (b *Backend) Inspect(ctx context.Context, name string) (shylock.Info, error) {
+	if err := shylock.ValidateName(name); err != nil {
+		return shylock.Info{}, err
+	}
+	lo, _, err := b.server.Bounds(ctx)
+	if err != nil {
+		return shylock.Info{}, err
+	}
+	var rec record
+	err = b.coll.FindOne(ctx, bson.D{{Key: "name", Value: name}}).Decode(&rec)
+	switch {
+	case errors.Is(err, mdb.ErrNoDocuments):
+		return shylock.Info{Name: name}, nil
+	case err != nil:
+		return shylock.Info{}, fmt.Errorf("mongo: inspect %q: %w", name, err)
+	}
+	return rec.info(lo), nil
+}
+
+// List implements shylock.Backend. The prefix is matched literally through an anchored,
+// escaped regular expression, which the unique index on name serves as a range scan.
+func (b *Backend) List(ctx context.Context, prefix string) ([]shylock.Info, error) {
+	lo, _, err := b.server.Bounds(ctx)
+	if err != nil {
+		return nil, err
+	}
+	filter := bson.D{{Key: "name", Value: bson.D{{Key: "$gt", Value: "\x00\uffff"}}}} // claims start with NUL
+	if prefix != "" {
+		filter = bson.D{{Key: "name", Value: bson.D{{Key: "$regex", Value: "^" + regexp.QuoteMeta(prefix)}}}}
+	}
+	cur, err := b.coll.Find(ctx, filter, options.Find().SetSort(bson.D{{Key: "name", Value: 1}}))
+	if err != nil {
+		return nil, fmt.Errorf("mongo: list %q: %w", prefix, err)
+	}
+	var recs []record
+	if err := cur.All(ctx, &recs); err != nil {
+		return nil, fmt.Errorf("mongo: list %q: %w", prefix, err)
+	}
+	out := make([]shylock.Info, 0, len(recs))
+	for i := range recs {
+		if strings.HasPrefix(recs[i].Name, prefix) && !strings.HasPrefix(recs[i].Name, "\x00") {
+			out = append(out, recs[i].info(lo))
+		}
+	}
+	return out, nil
+}
+
+// ForceRelease implements shylock.Backend. Like Release it keeps the record, so tokens go on.
+func (b *Backend) ForceRelease(ctx context.Context, name string) (shylock.Info, error) {
+	if err := shylock.ValidateName(name); err != nil {
+		return shylock.Info{}, err
+	}
+	lo, _, err := b.server.Bounds(ctx)
+	if err != nil {
+		return shylock.Info{}, err
+	}
+	var rec record
+	err = b.coll.FindOneAndUpdate(ctx,
+		bson.D{{Key: "name", Value: name}, {Key: "owner", Value: bson.D{{Key: "$ne", Value: ""}}}},
+		bson.D{{Key: "$set", Value: bson.D{{Key: "owner", Value: ""}, {Key: "expiresAt", Value: released}}}},
+	).Decode(&rec)
+	switch {
+	case errors.Is(err, mdb.ErrNoDocuments):
+		return shylock.Info{Name: name}, fmt.Errorf("%w: nobody holds %q", shylock.ErrNotHeld, name)
+	case err != nil:
+		return shylock.Info{}, fmt.Errorf("mongo: force-release %q: %w", name, err)
+	}
+	b.hub.Notify(name)
+	in := rec.info(lo)
+	if !in.Held {
+		return in, fmt.Errorf("%w: nobody holds %q (its last holder's lease had expired)", shylock.ErrNotHeld, name)
+	}
+	return in, nil
+}
