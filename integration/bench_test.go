@@ -1,0 +1,143 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"go.mongodb.org/mongo-driver/v2/bson"
+	"go.mongodb.org/mongo-driver/v2/event"
+	mdb "go.mongodb.org/mongo-driver/v2/mongo"
+	"go.mongodb.org/mongo-driver/v2/mongo/options"
+
+	"github.com/shylock-go/shylock"
+)
+
+// BenchmarkMongoAcquireRelease compares one uncontended holding with the physical floor of a
+// lock on the same server: inserting a document and deleting it. Run both in one invocation and
+// compare ns/op.
+func BenchmarkMongoAcquireRelease(b *testing.B) {
+	ctx := context.Background()
+	coll := collection(b)
+	backend := newMongo(b, coll)
+	b.Run("raw-insert+delete", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := coll.InsertOne(ctx, bson.D{{Key: "name", Value: "raw"}}); err != nil {
+				b.Fatal(err)
+			}
+			if _, err := coll.DeleteOne(ctx, bson.D{{Key: "name", Value: "raw"}}); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("shylock-acquire+release", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			l := shylock.New("bench", shylock.WithBackend(backend))
+			if ok, err := l.TryAcquire(ctx); !ok || err != nil {
+				b.Fatal(ok, err)
+			}
+			if err := l.Release(ctx); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
+
+// BenchmarkMongoHandoff measures the time from a release to the next holder, with 1, 8 and 64
+// goroutines waiting in the same process, and reports its median and 99th percentile.
+func BenchmarkMongoHandoff(b *testing.B) {
+	ctx := context.Background()
+	for _, waiters := range []int{1, 8, 64} {
+		b.Run(fmt.Sprintf("waiters=%d", waiters), func(b *testing.B) {
+			backend := newMongo(b, collection(b))
+			var (
+				mu        sync.Mutex
+				latencies []time.Duration
+				released  atomic.Int64 // unix nanos of the last release
+				left      atomic.Int64
+				wg        sync.WaitGroup
+			)
+			left.Store(int64(b.N))
+			b.ResetTimer()
+			for range waiters + 1 {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for left.Add(-1) >= 0 {
+						l := shylock.New("handoff", shylock.WithBackend(backend), shylock.WithRetry(time.Millisecond, 100*time.Millisecond))
+						if err := l.Acquire(ctx); err != nil {
+							b.Error(err)
+							return
+						}
+						if r := released.Load(); r != 0 {
+							mu.Lock()
+							latencies = append(latencies, time.Since(time.Unix(0, r)))
+							mu.Unlock()
+						}
+						released.Store(0)
+						if err := l.Release(ctx); err != nil {
+							b.Error(err)
+							return
+						}
+						released.Store(time.Now().UnixNano())
+					}
+				}()
+			}
+			wg.Wait()
+			b.StopTimer()
+			if len(latencies) > 0 {
+				slices.Sort(latencies)
+				b.ReportMetric(float64(latencies[len(latencies)/2].Microseconds()), "p50-µs")
+				b.ReportMetric(float64(latencies[len(latencies)*99/100].Microseconds()), "p99-µs")
+			}
+		})
+	}
+}
+
+// BenchmarkMongoWaiterLoad counts the commands the server receives per second while 1, 8 or 64
+// goroutines of one process wait on a lock held elsewhere. Shared polling keeps it flat.
+func BenchmarkMongoWaiterLoad(b *testing.B) {
+	ctx := context.Background()
+	var commands atomic.Int64
+	monitored, err := mdb.Connect(options.Client().ApplyURI(mongoURI).SetMonitor(&event.CommandMonitor{
+		Started: func(context.Context, *event.CommandStartedEvent) { commands.Add(1) },
+	}))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer func() { _ = monitored.Disconnect(ctx) }()
+	for _, waiters := range []int{1, 8, 64} {
+		b.Run(fmt.Sprintf("waiters=%d", waiters), func(b *testing.B) {
+			coll := collection(b)
+			holder := newMongo(b, coll)
+			waiting := newMongo(b, monitored.Database(coll.Database().Name()).Collection(coll.Name()))
+			h := shylock.New("held", shylock.WithBackend(holder), shylock.WithTTL(time.Minute))
+			if ok, err := h.TryAcquire(ctx); !ok || err != nil {
+				b.Fatal(ok, err)
+			}
+			wctx, cancel := context.WithCancel(ctx)
+			var wg sync.WaitGroup
+			for range waiters {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					_ = shylock.New("held", shylock.WithBackend(waiting), shylock.WithRetry(10*time.Millisecond, 50*time.Millisecond)).Acquire(wctx)
+				}()
+			}
+			time.Sleep(200 * time.Millisecond) // everyone is waiting
+			start, before := time.Now(), commands.Load()
+			for b.Loop() {
+				time.Sleep(10 * time.Millisecond)
+			}
+			b.ReportMetric(float64(commands.Load()-before)/time.Since(start).Seconds(), "server-ops/s")
+			cancel()
+			wg.Wait()
+			_ = h.Release(ctx)
+		})
+	}
+}
