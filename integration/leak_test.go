@@ -6,7 +6,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
 )
 
 // library matches a stack frame in the library's own packages (not its tests).
