@@ -39,12 +39,13 @@ func ExampleDo() {
 			return context.Cause(ctx)
 		default:
 		}
-		fmt.Println("building the report")
+		token, _ := shylock.TokenFrom(ctx)
+		fmt.Println("building the report with fencing token", token)
 		return nil
 	}, shylock.WithBackend(backend), shylock.WithTTL(10*time.Second))
 	fmt.Println("err:", err)
 	// Output:
-	// building the report
+	// building the report with fencing token 1
 	// err: <nil>
 }
 

@@ -74,17 +74,27 @@ func New(name string, opts ...Option) *Lock {
 	return &Lock{name: name, opts: slices.Clone(opts), lost: make(chan struct{})}
 }
 
+type tokenKey struct{}
+
+// TokenFrom returns the fencing token of the lock that Do holds while it runs fn, from fn's
+// context. It reports false for any other context.
+func TokenFrom(ctx context.Context) (uint64, bool) {
+	t, ok := ctx.Value(tokenKey{}).(uint64)
+	return t, ok
+}
+
 // Do acquires the lock called name (waiting while ctx allows), runs fn, and releases the lock,
 // also when fn returns an error or panics. The lock is renewed automatically while fn runs (pass
 // WithAutoRenew(false) to turn that off). If the lock is lost, fn's context is cancelled with
 // cause ErrLost and Do's error matches ErrLost; fn should then stop touching the protected
-// resource. fn's own error is returned as it is, joined with any release or loss error.
+// resource. TokenFrom(ctx) gives fn the holding's fencing token. fn's own error is returned as
+// it is, joined with any release or loss error.
 func Do(ctx context.Context, name string, fn func(ctx context.Context) error, opts ...Option) (err error) {
 	l := New(name, append([]Option{WithAutoRenew(true)}, opts...)...)
 	if err := l.Acquire(ctx); err != nil {
 		return err
 	}
-	fnCtx, cancel := context.WithCancelCause(ctx)
+	fnCtx, cancel := context.WithCancelCause(context.WithValue(ctx, tokenKey{}, l.Token()))
 	stop, watched := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(watched)

@@ -3,7 +3,9 @@ package integration
 import (
 	"context"
 	"fmt"
+	"net/url"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -53,4 +55,16 @@ func run(m *testing.M) int {
 		_ = client.Disconnect(ctx)
 	}()
 	return m.Run()
+}
+
+// connstringHost returns the only host of a mongodb:// URI.
+func connstringHost(uri string) (string, error) {
+	u, err := url.Parse(uri)
+	if err != nil {
+		return "", err
+	}
+	if u.Scheme != "mongodb" || u.Host == "" || strings.Contains(u.Host, ",") {
+		return "", fmt.Errorf("%q is not a mongodb:// URI with one host", uri)
+	}
+	return u.Host, nil
 }

@@ -269,6 +269,14 @@ func (b *Backend) Release(ctx context.Context, name, owner string, token uint64)
 	if token != 0 {
 		filter = append(filter, bson.E{Key: "token", Value: int64(token)})
 	}
+	if token == 0 && !b.serverNow {
+		// Cleaning up after an attempt of unknown outcome: it may have left a claim.
+		_, err := b.coll.DeleteMany(ctx, bson.D{{Key: "owner", Value: owner}, {Key: "name", Value: bson.D{
+			{Key: "$gt", Value: "\x00" + name + "\x00"}, {Key: "$lt", Value: "\x00" + name + "\x01"}}}})
+		if err != nil {
+			return fmt.Errorf("mongo: release %q: %w", name, err)
+		}
+	}
 	res, err := b.coll.UpdateOne(ctx, filter, bson.D{{Key: "$set", Value: bson.D{{Key: "owner", Value: ""}, {Key: "expiresAt", Value: released}}}})
 	switch {
 	case err != nil:

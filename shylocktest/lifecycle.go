@@ -269,8 +269,9 @@ func testDo(t *testing.T, s *suite) {
 	name := s.name("x")
 	errFn := errors.New("fn failed")
 	err := shylock.Do(s.ctx, name, func(ctx context.Context) error {
-		if info := s.inspect(t, name); !info.Held {
-			t.Errorf("inside Do the lock is %+v", info)
+		info := s.inspect(t, name)
+		if tok, ok := shylock.TokenFrom(ctx); !info.Held || !ok || tok != info.Token {
+			t.Errorf("inside Do the lock is %+v and TokenFrom gives %d, %v; want held with that token", info, tok, ok)
 		}
 		if ok, err := s.lock("x").TryAcquire(ctx); ok || err != nil {
 			t.Errorf("TryAcquire inside Do = %v, %v; want false, nil", ok, err)

@@ -1,0 +1,201 @@
+package integration
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"go.mongodb.org/mongo-driver/v2/bson"
+	mdb "go.mongodb.org/mongo-driver/v2/mongo"
+	"go.mongodb.org/mongo-driver/v2/mongo/options"
+
+	"github.com/shylock-go/shylock"
+)
+
+// replyDropper is a TCP proxy in front of the server that, when armed, lets a write command
+// through and then drops the server's reply and the connection: the write is applied but the
+// client cannot know it, an ambiguous write.
+type replyDropper struct {
+	ln      net.Listener
+	target  string
+	drop    atomic.Int32 // write replies still to drop
+	dropped atomic.Int32
+	wg      sync.WaitGroup
+	mu      sync.Mutex
+	conns   []net.Conn
+}
+
+func startReplyDropper(t *testing.T, target string) *replyDropper {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &replyDropper{ln: ln, target: target}
+	p.wg.Add(1)
+	go p.serve()
+	t.Cleanup(p.close)
+	return p
+}
+
+func (p *replyDropper) close() {
+	_ = p.ln.Close()
+	p.mu.Lock()
+	for _, c := range p.conns {
+		_ = c.Close()
+	}
+	p.mu.Unlock()
+	p.wg.Wait()
+}
+
+func (p *replyDropper) serve() {
+	defer p.wg.Done()
+	for {
+		client, err := p.ln.Accept()
+		if err != nil {
+			return
+		}
+		server, err := net.Dial("tcp", p.target)
+		if err != nil {
+			_ = client.Close()
+			continue
+		}
+		p.mu.Lock()
+		p.conns = append(p.conns, client, server)
+		p.mu.Unlock()
+		p.wg.Add(1)
+		go p.relay(client, server)
+	}
+}
+
+// relay passes request and reply messages in turn: the driver's connections here wait for each
+// reply before sending again.
+func (p *replyDropper) relay(client, server net.Conn) {
+	defer p.wg.Done()
+	defer client.Close()
+	defer server.Close()
+	for {
+		req, err := readMessage(client)
+		if err != nil {
+			return
+		}
+		if _, err := server.Write(req); err != nil {
+			return
+		}
+		reply, err := readMessage(server)
+		if err != nil {
+			return
+		}
+		if isWrite(req) && p.drop.Add(-1) >= 0 {
+			p.dropped.Add(1)
+			return // the server applied it; the client never hears
+		}
+		if _, err := client.Write(reply); err != nil {
+			return
+		}
+	}
+}
+
+func readMessage(r io.Reader) ([]byte, error) {
+	var header [16]byte
+	if _, err := io.ReadFull(r, header[:]); err != nil {
+		return nil, err
+	}
+	n := int(binary.LittleEndian.Uint32(header[:4]))
+	if n < 16 || n > 48<<20 {
+		return nil, errors.New("bad message length")
+	}
+	msg := make([]byte, n)
+	copy(msg, header[:])
+	_, err := io.ReadFull(r, msg[16:])
+	return msg, err
+}
+
+// isWrite reports whether msg is an OP_MSG whose command writes.
+func isWrite(msg []byte) bool {
+	const opMsg = 2013
+	if len(msg) < 21 || binary.LittleEndian.Uint32(msg[12:16]) != opMsg || msg[20] != 0 {
+		return false
+	}
+	n := int(binary.LittleEndian.Uint32(msg[21:25]))
+	if 21+n > len(msg) {
+		return false
+	}
+	elems, err := bson.Raw(msg[21 : 21+n]).Elements()
+	if err != nil || len(elems) == 0 {
+		return false
+	}
+	switch elems[0].Key() {
+	case "insert", "update", "delete", "findAndModify":
+		return true
+	}
+	return false
+}
+
+// TestMongoAmbiguousWrites drops the reply to an acquire's write after the server applied it.
+func TestMongoAmbiguousWrites(t *testing.T) {
+	checkLibraryLeaks(t)
+	ctx := context.Background()
+	proxy := startReplyDropper(t, mongoURIHost(t))
+	proxied, err := mdb.Connect(options.Client().ApplyURI("mongodb://" + proxy.ln.Addr().String() + "/").
+		SetRetryWrites(false))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = proxied.Disconnect(context.Background()) })
+	coll := collection(t)
+	direct := newMongo(t, coll)
+	backend := newMongo(t, proxied.Database(coll.Database().Name()).Collection(coll.Name()))
+
+	// The retry must recognise the lock its lost write took: with a TTL of an hour, waiting
+	// for it to expire would blow the deadline.
+	proxy.drop.Store(1)
+	l := shylock.New("ambiguous/retry", shylock.WithBackend(backend), shylock.WithTTL(time.Hour),
+		shylock.WithRetry(time.Millisecond, 20*time.Millisecond))
+	actx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := l.Acquire(actx); err != nil {
+		t.Fatalf("Acquire after a lost reply: %v", err)
+	}
+	if proxy.dropped.Load() != 1 {
+		t.Fatal("no write reply was dropped; the test did not exercise an ambiguous write")
+	}
+	if info, _ := direct.Inspect(ctx, l.Name()); !info.Held || info.Token != l.Token() {
+		t.Fatalf("the lock is %+v; want it held with token %d", info, l.Token())
+	}
+	if err := l.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	// A TryAcquire that gives up on the lost reply must remove what its write did.
+	for _, name := range []string{"ambiguous/fresh", "ambiguous/retry"} { // a new record, and a free one
+		proxy.drop.Store(1)
+		ok, err := shylock.New(name, shylock.WithBackend(backend), shylock.WithTTL(time.Hour)).TryAcquire(ctx)
+		if ok || err == nil {
+			t.Fatalf("%s: TryAcquire with its reply lost = %v, %v; want false and the error", name, ok, err)
+		}
+		proxy.drop.Store(0)
+		if info, _ := direct.Inspect(ctx, name); info.Held {
+			t.Fatalf("%s: the failed TryAcquire left the lock behind: %+v", name, info)
+		}
+		if ok, err := shylock.New(name, shylock.WithBackend(direct)).TryAcquire(ctx); !ok || err != nil {
+			t.Fatalf("%s: the lock is not free for others: %v, %v", name, ok, err)
+		}
+	}
+}
+
+// mongoURIHost returns host:port of the test server.
+func mongoURIHost(t *testing.T) string {
+	t.Helper()
+	cs, err := connstringHost(mongoURI)
+	if err != nil {
+		t.Skipf("the ambiguous-write test needs a single host:port in the server URI: %v", err)
+	}
+	return cs
+}
