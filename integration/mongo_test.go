@@ -5,7 +5,9 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"log/slog"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -168,4 +170,54 @@ func TestMongoNamesAreStoredAsValues(t *testing.T) {
 			t.Fatalf("stored %+v, %v; want name %q and label stored verbatim", doc, err, name)
 		}
 	}
+}
+
+// TestMongoSaysOnceWhatItFellBackFrom: on a server without TTL indexes, pipeline updates or
+// change streams, the backend says so at debug level, once each, and locking works.
+func TestMongoSaysOnceWhatItFellBackFrom(t *testing.T) {
+	var buf syncBuffer
+	log := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	ctx := context.Background()
+	b := newMongo(t, collection(t), mongo.WithLogger(log))
+	if b.ServerClock() {
+		t.Skipf("%s has pipeline updates; nothing to fall back from", mongoServer)
+	}
+	for range 3 { // waiting subscribes; only the first subscription opens the change stream
+		holder := shylock.New("fallback", shylock.WithBackend(b))
+		if ok, err := holder.TryAcquire(ctx); !ok || err != nil {
+			t.Fatal(ok, err)
+		}
+		time.AfterFunc(20*time.Millisecond, func() { _ = holder.Release(ctx) })
+		if err := shylock.New("fallback", shylock.WithBackend(b)).Acquire(ctx); err != nil {
+			t.Fatal(err)
+		}
+		_, _ = b.ForceRelease(ctx, "fallback")
+	}
+	b.Close()
+	out := buf.String()
+	for _, what := range []string{"refused a TTL index", "no aggregation-pipeline updates", "no change streams"} {
+		if n := strings.Count(out, what); n != 1 {
+			t.Errorf("the log says %q %d times; want once:\n%s", what, n, out)
+		}
+	}
+	if strings.Contains(out, "level=WARN") || strings.Contains(out, "level=ERROR") {
+		t.Errorf("falling back is not a warning:\n%s", out)
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
