@@ -1,0 +1,94 @@
+package arango
+
+import "time"
+
+// Every operation is one AQL query. Query text is constant: names, owners, labels, tokens and
+// TTLs travel only as bind parameters, so no value can change what a query does. All times
+// come from DATE_NOW(), the server's clock in milliseconds. Times are stored as numeric
+// seconds, which the TTL index reads; tokens start from the server's clock in microseconds
+// (exact in a double until the year 2255) and count up.
+
+// query is an AQL query and its bind parameters.
+type query struct {
+	text string
+	bind map[string]any
+}
+
+// acquireAQL takes the lock if it is free, expired or the caller's own. The UPSERT searches
+// by the revision just read, so a record changed in between is not found, and the INSERT then
+// fails on the unique index (1210); a change between UPSERT's own lookup and write is a
+// write-write conflict (1200). Either way at most one client takes the lock. A live lock of
+// another owner yields no row. waitForSync makes an acknowledged acquire durable.
+const acquireAQL = `LET now = DATE_NOW()
+FOR cur IN [FIRST(FOR d IN @@coll FILTER d.name == @name LIMIT 1 RETURN d)]
+  FILTER cur == null || cur.owner == "" || cur.owner == @owner || cur.expiresAt * 1000 <= now
+  UPSERT { name: @name, _rev: cur._rev }
+  INSERT { name: @name, owner: @owner, label: @label, token: now * 1000,
+    acquiredAt: now / 1000, renewedAt: now / 1000, expiresAt: (now + @ttl) / 1000 }
+  UPDATE { owner: @owner, label: @label, token: MAX([OLD.token + 1, now * 1000]),
+    acquiredAt: now / 1000, renewedAt: now / 1000, expiresAt: (now + @ttl) / 1000 }
+  IN @@coll OPTIONS { waitForSync: true }
+  RETURN { token: NEW.token, expiresAt: NEW.expiresAt }`
+
+// extendAQL pushes out the expiry of a live holding. Updating the document as read, with
+// ignoreRevs false, fails with a conflict if a takeover changed it meanwhile.
+const extendAQL = `LET now = DATE_NOW()
+FOR d IN @@coll
+  FILTER d.name == @name && d.owner == @owner && d.token == @token && d.expiresAt * 1000 > now
+  UPDATE d WITH { renewedAt: now / 1000, expiresAt: (now + @ttl) / 1000 } IN @@coll OPTIONS { ignoreRevs: false, waitForSync: true }
+  RETURN { token: NEW.token, expiresAt: NEW.expiresAt }`
+
+// releaseAQL marks the owner's record free (token 0 matches any of the owner's holdings). The
+// record stays, so the next token continues from it, until the TTL index removes it.
+const releaseAQL = `FOR d IN @@coll
+  FILTER d.name == @name && d.owner == @owner && (@token == 0 || d.token == @token)
+  UPDATE d WITH { owner: "", expiresAt: 0 } IN @@coll OPTIONS { ignoreRevs: false, waitForSync: true }
+  RETURN true`
+
+// forceReleaseAQL frees a record whoever owns it, returning it as it was.
+const forceReleaseAQL = `LET now = DATE_NOW()
+FOR d IN @@coll
+  FILTER d.name == @name && d.owner != ""
+  UPDATE d WITH { owner: "", expiresAt: 0 } IN @@coll OPTIONS { ignoreRevs: false, waitForSync: true }
+  RETURN { doc: OLD, now: now }`
+
+// inspectAQL reads one record with the server's time.
+const inspectAQL = `LET now = DATE_NOW()
+FOR d IN @@coll
+  FILTER d.name == @name
+  LIMIT 1
+  RETURN { doc: d, now: now }`
+
+// listAQL reads the records whose names start with @prefix. LEFT and LENGTH both count
+// characters, so the comparison is literal; sorting happens in Go, by bytes, since AQL sorts
+// strings by a language collation.
+const listAQL = `LET now = DATE_NOW()
+FOR d IN @@coll
+  FILTER IS_STRING(d.name) && LEFT(d.name, LENGTH(@prefix)) == @prefix
+  RETURN { doc: d, now: now }`
+
+func (b *Backend) acquireQuery(name, owner, label string, ttl time.Duration) query {
+	return query{acquireAQL, map[string]any{"@coll": b.coll, "name": name, "owner": owner,
+		"label": label, "ttl": ttl.Milliseconds()}}
+}
+
+func (b *Backend) extendQuery(name, owner string, token uint64, ttl time.Duration) query {
+	return query{extendAQL, map[string]any{"@coll": b.coll, "name": name, "owner": owner,
+		"token": token, "ttl": ttl.Milliseconds()}}
+}
+
+func (b *Backend) releaseQuery(name, owner string, token uint64) query {
+	return query{releaseAQL, map[string]any{"@coll": b.coll, "name": name, "owner": owner, "token": token}}
+}
+
+func (b *Backend) forceReleaseQuery(name string) query {
+	return query{forceReleaseAQL, map[string]any{"@coll": b.coll, "name": name}}
+}
+
+func (b *Backend) inspectQuery(name string) query {
+	return query{inspectAQL, map[string]any{"@coll": b.coll, "name": name}}
+}
+
+func (b *Backend) listQuery(prefix string) query {
+	return query{listAQL, map[string]any{"@coll": b.coll, "prefix": prefix}}
+}
