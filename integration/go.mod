@@ -2,10 +2,12 @@ module github.com/shylock-go/shylock/integration
 
 go 1.25.0
 
-require github.com/shylock-go/shylock v0.0.0
+require (
+	github.com/shylock-go/shylock v0.0.0
+	github.com/shylock-go/shylock/examples v0.0.0
+)
 
 require (
-	github.com/FerretDB/FerretDB v1.24.2
 	github.com/arangodb/go-driver/v2 v2.4.1
 	go.mongodb.org/mongo-driver/v2 v2.10.0
 	go.uber.org/goleak v1.3.0
@@ -14,6 +16,7 @@ require (
 require (
 	filippo.io/edwards25519 v1.1.0 // indirect
 	github.com/AlekSi/pointer v1.2.0 // indirect
+	github.com/FerretDB/FerretDB v1.24.2 // indirect
 	github.com/FerretDB/wire v0.0.8 // indirect
 	github.com/SAP/go-hdb v1.13.6 // indirect
 	github.com/arangodb/go-velocypack v0.0.0-20200318135517-5af53c29c67e // indirect
@@ -80,4 +83,7 @@ require (
 	modernc.org/token v1.1.0 // indirect
 )
 
-replace github.com/shylock-go/shylock => ../
+replace (
+	github.com/shylock-go/shylock => ../
+	github.com/shylock-go/shylock/examples => ../examples
+)

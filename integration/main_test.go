@@ -12,7 +12,7 @@ import (
 	mdb "go.mongodb.org/mongo-driver/v2/mongo"
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
 
-	"github.com/shylock-go/shylock/integration/embedded"
+	"github.com/shylock-go/shylock/examples/embedded"
 )
 
 // The servers every test in this package uses: a real MongoDB when SHYLOCK_MONGO_URI is set,
