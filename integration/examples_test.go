@@ -1,0 +1,145 @@
+package integration
+
+import (
+	"bufio"
+	"encoding/json"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// exampleEnv points an example at the test server, in a collection of the test's own.
+func exampleEnv(t *testing.T) []string {
+	return append(os.Environ(), "SHYLOCK_MONGO_URI="+mongoURI, "SHYLOCK_MONGO_DATABASE=shylock_test",
+		"SHYLOCK_COLLECTION="+collection(t).Name(), "SHYLOCK_ARANGO_URL=")
+}
+
+var tokenLine = regexp.MustCompile(`worker (\d) holds orders/42 with fencing token (\d+)`)
+
+func TestExampleBasic(t *testing.T) {
+	bin := build(t, "github.com/shylock-go/shylock/examples/basic")
+	for _, embedded := range []bool{false, true} {
+		cmd := exec.Command(bin)
+		cmd.Env = exampleEnv(t)
+		if embedded { // the README's demo: no server named, so it starts its own
+			cmd.Env = append(os.Environ(), "SHYLOCK_MONGO_URI=", "SHYLOCK_ARANGO_URL=")
+		}
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("basic (embedded %v): %v\n%s", embedded, err, out)
+		}
+		matches := tokenLine.FindAllStringSubmatch(string(out), -1)
+		if len(matches) != 3 || !strings.Contains(string(out), "done") {
+			t.Fatalf("basic (embedded %v) printed:\n%s", embedded, out)
+		}
+		var last uint64
+		for _, m := range matches {
+			tok, _ := strconv.ParseUint(m[2], 10, 64)
+			if tok <= last {
+				t.Fatalf("tokens do not increase:\n%s", out)
+			}
+			last = tok
+		}
+		if embedded && !strings.Contains(string(out), "another process joins these locks with SHYLOCK_MONGO_URI=mongodb://") {
+			t.Fatalf("the embedded demo does not say how to join it:\n%s", out)
+		}
+	}
+}
+
+func TestExampleWorker(t *testing.T) {
+	bin := build(t, "github.com/shylock-go/shylock/examples/worker")
+	cmd := exec.Command(bin, "-processes", "3", "-ticks", "3", "-every", "300ms")
+	cmd.Env = exampleEnv(t)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("worker: %v\n%s", err, out)
+	}
+	runs := regexp.MustCompile(`tick \d: pid (\d+) runs (\S+)\s+fencing token (\d+)`).FindAllStringSubmatch(string(out), -1)
+	pids, jobs := map[string]bool{}, map[string]uint64{}
+	for _, r := range runs {
+		pids[r[1]] = true
+		tok, _ := strconv.ParseUint(r[3], 10, 64)
+		if tok <= jobs[r[2]] {
+			t.Fatalf("job %s: token %d after %d\n%s", r[2], tok, jobs[r[2]], out)
+		}
+		jobs[r[2]] = tok
+	}
+	if len(jobs) != 3 || len(runs) < 9 || len(pids) < 2 {
+		t.Fatalf("want every job run at every tick, by more than one process; got %d runs by %d processes:\n%s", len(runs), len(pids), out)
+	}
+}
+
+func TestExampleWebAPI(t *testing.T) {
+	bin := build(t, "github.com/shylock-go/shylock/examples/webapi")
+	cmd := exec.Command(bin, "-addr", "127.0.0.1:0", "-charge-time", "700ms")
+	cmd.Env = exampleEnv(t)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Signal(os.Interrupt); _ = cmd.Wait() })
+	base := ""
+	sc := bufio.NewScanner(stdout)
+	for sc.Scan() {
+		if rest, ok := strings.CutPrefix(sc.Text(), "listening on "); ok {
+			base = rest
+			break
+		}
+	}
+	if base == "" {
+		t.Fatal("webapi never said where it listens")
+	}
+	go func() { _, _ = io.Copy(io.Discard, stdout) }()
+
+	post := func(path string) (int, map[string]any) {
+		resp, err := http.Post(base+path, "application/json", nil)
+		if err != nil {
+			t.Error(err)
+			return 0, nil
+		}
+		defer resp.Body.Close()
+		var body map[string]any
+		_ = json.NewDecoder(resp.Body).Decode(&body)
+		return resp.StatusCode, body
+	}
+	var (
+		wg      sync.WaitGroup
+		mu      sync.Mutex
+		results []map[string]any
+	)
+	for range 2 { // two charges of one order: both succeed, one after the other
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			code, body := post("/orders/42/charge")
+			if code != http.StatusOK {
+				t.Errorf("charge: %d %v", code, body)
+			}
+			mu.Lock()
+			results = append(results, body)
+			mu.Unlock()
+		}()
+	}
+	time.Sleep(200 * time.Millisecond)
+	code, body := post("/orders/42/charge?wait=false")
+	if holder, _ := body["holder"].(string); code != http.StatusConflict || !strings.Contains(holder, "webapi") || body["expiresAt"] == nil {
+		t.Errorf("a charge that must not wait, while another runs: %d %v; want 409 naming the holder", code, body)
+	}
+	if code, body := post("/orders/43/charge?wait=false"); code != http.StatusOK {
+		t.Errorf("another order is independent: %d %v", code, body)
+	}
+	wg.Wait()
+	if len(results) == 2 && results[0]["token"] == results[1]["token"] {
+		t.Errorf("two charges got the same fencing token: %v", results)
+	}
+}
