@@ -19,8 +19,8 @@ import (
 	"github.com/shylock-go/shylock/mongo"
 )
 
-// The multi-process test re-executes this test binary; these variables tell a copy that it is a
-// worker, and where to work.
+// Multi-process tests re-execute this test binary; these variables tell a copy that it is a
+// worker, what to do (one of workers' keys), and where.
 const (
 	envChild      = "SHYLOCK_CHILD"
 	envURI        = "SHYLOCK_CHILD_MONGO_URI"
@@ -28,14 +28,61 @@ const (
 	envCollection = "SHYLOCK_CHILD_COLLECTION"
 )
 
+var workers = map[string]func() int{
+	"contend": contendMain,
+	"hold":    holdMain,
+	"server":  serverMain,
+	"history": historyMain,
+}
+
 const (
 	childProcesses  = 4
 	childGoroutines = 8
 	childRounds     = 4
 )
 
-// isChild reports whether this process is a worker of the multi-process test.
+// isChild reports whether this process is a worker of a multi-process test.
 func isChild() bool { return os.Getenv(envChild) != "" }
+
+func childMain() int {
+	run, ok := workers[os.Getenv(envChild)]
+	if !ok {
+		fmt.Fprintf(os.Stderr, "worker: unknown kind %q\n", os.Getenv(envChild))
+		return 2
+	}
+	return run()
+}
+
+// childBackend connects a worker to the collection its parent named.
+func childBackend(ctx context.Context) (*mongo.Backend, *mdb.Database, func(), error) {
+	c, err := mdb.Connect(options.Client().ApplyURI(os.Getenv(envURI)))
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	db := c.Database(os.Getenv(envDatabase))
+	b, err := mongo.New(ctx, db.Collection(os.Getenv(envCollection)))
+	if err != nil {
+		_ = c.Disconnect(context.Background())
+		return nil, nil, nil, err
+	}
+	return b, db, func() { b.Close(); _ = c.Disconnect(context.Background()) }, nil
+}
+
+// child returns a command that runs this test binary as a worker of the given kind on coll (if
+// any), reached through uri.
+func child(kind, uri string, coll *mdb.Collection, env ...string) *exec.Cmd {
+	exe, err := os.Executable()
+	if err != nil {
+		panic(err)
+	}
+	cmd := exec.Command(exe, "-test.run=^$")
+	cmd.Env = append(os.Environ(), envChild+"="+kind, envURI+"="+uri)
+	if coll != nil {
+		cmd.Env = append(cmd.Env, envDatabase+"="+coll.Database().Name(), envCollection+"="+coll.Name())
+	}
+	cmd.Env = append(cmd.Env, env...)
+	return cmd
+}
 
 // section is one critical section as a worker saw it.
 type section struct {
@@ -45,23 +92,16 @@ type section struct {
 	End   time.Time `bson:"end"`
 }
 
-// childMain contends for one lock from several goroutines and records every critical section.
-func childMain() int {
+// contendMain contends for one lock from several goroutines and records every critical section.
+func contendMain() int {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	c, err := mdb.Connect(options.Client().ApplyURI(os.Getenv(envURI)))
+	backend, db, done, err := childBackend(ctx)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "worker:", err)
 		return 1
 	}
-	defer func() { _ = c.Disconnect(context.Background()) }()
-	db := c.Database(os.Getenv(envDatabase))
-	backend, err := mongo.New(ctx, db.Collection(os.Getenv(envCollection)))
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "worker:", err)
-		return 1
-	}
-	defer backend.Close()
+	defer done()
 	journal := db.Collection(os.Getenv(envCollection) + "_journal")
 	var (
 		wg     sync.WaitGroup
@@ -110,19 +150,13 @@ func TestMongoMultiProcess(t *testing.T) {
 	coll := collection(t)
 	journal := coll.Database().Collection(coll.Name() + "_journal")
 	t.Cleanup(func() { _ = journal.Drop(context.Background()) })
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
 	var (
 		wg   sync.WaitGroup
 		errs = make([]error, childProcesses)
 		outs = make([][]byte, childProcesses)
 	)
 	for i := range childProcesses {
-		cmd := exec.Command(exe, "-test.run=^$")
-		cmd.Env = append(os.Environ(), envChild+"=1", envURI+"="+mongoURI,
-			envDatabase+"="+coll.Database().Name(), envCollection+"="+coll.Name())
+		cmd := child("contend", mongoURI, coll)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
