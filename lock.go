@@ -352,11 +352,12 @@ func (l *Lock) Release(ctx context.Context) error {
 	err := h.cfg.backend.Release(ctx, l.name, h.owner, h.token)
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if err != nil && !errors.Is(err, ErrNotHeld) {
+	unreachable := err != nil && !errors.Is(err, ErrNotHeld)
+	if unreachable && !h.isLost && time.Now().Before(h.deadline) {
 		h.releaseUncertain = true
 		return l.errorf("release", fmt.Errorf("%w (the lock stays held until it expires; Release may be retried)", err))
 	}
-	if err != nil && h.releaseUncertain {
+	if errors.Is(err, ErrNotHeld) && h.releaseUncertain {
 		err = nil // the earlier attempt did release it
 	}
 	if l.h != h { // a concurrent Release finished first
@@ -364,16 +365,21 @@ func (l *Lock) Release(ctx context.Context) error {
 	}
 	l.h = nil
 	l.lost = make(chan struct{})
-	if err != nil {
+	switch {
+	case err != nil:
 		l.markLost(h, err)
-	} else if !time.Now().Before(h.deadline) {
+	case !time.Now().Before(h.deadline):
 		l.markLost(h, errors.New("the lease had expired before Release"))
 	}
 	h.timer.Stop()
-	if h.isLost {
-		return l.errorf("release", fmt.Errorf("%w: %w (another owner may have held it meanwhile)", ErrNotHeld, ErrLost))
+	switch {
+	case !h.isLost:
+		return nil
+	case unreachable: // the lease has ended anyway: nothing is left to release or retry
+		return l.errorf("release", fmt.Errorf("%w: %w; the backend could not be told (%w), and the lock expires there by itself",
+			ErrNotHeld, ErrLost, err))
 	}
-	return nil
+	return l.errorf("release", fmt.Errorf("%w: %w (another owner may have held it meanwhile)", ErrNotHeld, ErrLost))
 }
 
 // Extend sets the lease to expire ttl from now, by the backend's clock, and makes ttl the

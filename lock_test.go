@@ -68,6 +68,7 @@ type faulty struct {
 	failExtend  atomic.Bool
 	extendCalls atomic.Int32
 	loseRelease atomic.Int32 // releases that apply but report an error
+	failRelease atomic.Bool  // releases that fail without applying
 }
 
 var errTransient = errors.New("connection refused (test fault)")
@@ -81,6 +82,9 @@ func (f *faulty) Extend(ctx context.Context, name, owner string, token uint64, t
 }
 
 func (f *faulty) Release(ctx context.Context, name, owner string, token uint64) error {
+	if f.failRelease.Load() {
+		return errTransient
+	}
 	err := f.Backend.Release(ctx, name, owner, token)
 	if err == nil && f.loseRelease.Add(-1) >= 0 {
 		return errTransient
@@ -206,5 +210,24 @@ func closedWithin(ch <-chan struct{}, d time.Duration) bool {
 		return true
 	case <-time.After(d):
 		return false
+	}
+}
+
+// TestReleaseAfterLossWithServerDown: once the lease has ended, a Release that cannot reach the
+// backend says the lock was lost, and there is nothing to retry.
+func TestReleaseAfterLossWithServerDown(t *testing.T) {
+	f := &faulty{Backend: newMemory(t)}
+	l := shylock.New("x", shylock.WithBackend(f), shylock.WithTTL(20*time.Millisecond))
+	if ok, _ := l.TryAcquire(ctx); !ok {
+		t.Fatal("TryAcquire failed")
+	}
+	<-l.Lost()
+	f.failRelease.Store(true)
+	err := l.Release(ctx)
+	if !errors.Is(err, shylock.ErrNotHeld) || !errors.Is(err, shylock.ErrLost) || !errors.Is(err, errTransient) {
+		t.Fatalf("Release = %v; want ErrNotHeld, ErrLost and the backend's error", err)
+	}
+	if err := l.Release(ctx); !errors.Is(err, shylock.ErrNotHeld) || errors.Is(err, shylock.ErrLost) {
+		t.Fatalf("a second Release = %v; the holding is over, so just ErrNotHeld", err)
 	}
 }

@@ -4,16 +4,15 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"net/http"
 	"net/url"
 	"os"
-	"os/exec"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/arangodb/go-driver/v2/arangodb"
 	"github.com/arangodb/go-driver/v2/connection"
+	"github.com/testcontainers/testcontainers-go"
+	"github.com/testcontainers/testcontainers-go/wait"
 
 	"github.com/shylock-go/shylock"
 	"github.com/shylock-go/shylock/arango"
@@ -57,31 +56,24 @@ func arangoDatabase(t *testing.T) arangodb.Database {
 	return db
 }
 
-// startArangoContainer runs image with the local Docker engine and returns its URL.
+// startArangoContainer runs image with testcontainers and returns its URL.
 func startArangoContainer(t *testing.T, image string) string {
 	t.Helper()
-	out, err := exec.Command("docker", "run", "-d", "--rm", "-e", "ARANGO_NO_AUTH=1", "-p", "127.0.0.1::8529", image).CombinedOutput()
+	requireDocker(t)
+	ctx := context.Background()
+	c, err := testcontainers.Run(ctx, image,
+		testcontainers.WithExposedPorts("8529/tcp"),
+		testcontainers.WithEnv(map[string]string{"ARANGO_NO_AUTH": "1"}),
+		testcontainers.WithWaitStrategy(wait.ForHTTP("/_api/version").WithPort("8529/tcp").WithStartupTimeout(2*time.Minute)))
+	testcontainers.CleanupContainer(t, c)
 	if err != nil {
-		t.Skipf("SHYLOCK_ARANGO_IMAGE=%s but no container could be started (is a Docker engine running?): %v: %s", image, err, out)
+		t.Fatalf("starting %s: %v", image, err)
 	}
-	id := strings.TrimSpace(string(out))
-	t.Cleanup(func() { _ = exec.Command("docker", "rm", "-f", id).Run() })
-	out, err = exec.Command("docker", "port", id, "8529/tcp").Output()
+	endpoint, err := c.PortEndpoint(ctx, "8529/tcp", "http")
 	if err != nil {
-		t.Fatalf("docker port: %v", err)
+		t.Fatal(err)
 	}
-	addr := strings.TrimSpace(strings.Split(string(out), "\n")[0])
-	base := "http://" + addr
-	for deadline := time.Now().Add(2 * time.Minute); time.Now().Before(deadline); time.Sleep(500 * time.Millisecond) {
-		if resp, err := http.Get(base + "/_api/version"); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return base
-			}
-		}
-	}
-	t.Fatalf("ArangoDB container %s did not answer at %s within 2 minutes", image, base)
-	return ""
+	return endpoint
 }
 
 func TestArangoConformance(t *testing.T) {

@@ -269,7 +269,7 @@ func (c *errorCounter) Handle(_ context.Context, r slog.Record) error {
 	return nil
 }
 
-func (f *faultLoad) run(ctx context.Context, t *testing.T, b shylock.Backend, workers int) *sync.WaitGroup {
+func (f *faultLoad) run(ctx context.Context, b shylock.Backend, workers int, ttl time.Duration) *sync.WaitGroup {
 	var wg sync.WaitGroup
 	for range workers {
 		wg.Add(1)
@@ -283,7 +283,7 @@ func (f *faultLoad) run(ctx context.Context, t *testing.T, b shylock.Backend, wo
 					time.Sleep(20 * time.Millisecond)
 					f.inside.Add(-1)
 					return nil
-				}, shylock.WithBackend(b), shylock.WithTTL(2*time.Second), shylock.WithRetry(10*time.Millisecond, 200*time.Millisecond),
+				}, shylock.WithBackend(b), shylock.WithTTL(ttl), shylock.WithRetry(10*time.Millisecond, 200*time.Millisecond),
 					shylock.WithLogger(slog.New(&f.errs)))
 				switch {
 				case err == nil && f.marked.Load():
@@ -334,10 +334,10 @@ func TestFaultServerKilled(t *testing.T) {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	var load faultLoad
-	wg := load.run(ctx, t, b, 4)
+	wg := load.run(ctx, b, 4, 4*time.Second)
 	time.Sleep(1500 * time.Millisecond)
 	srv.kill()
-	time.Sleep(700 * time.Millisecond)
+	time.Sleep(2 * time.Second) // longer than server selection waits, so operations fail
 	srv.start(t)
 	load.marked.Store(true)
 	time.Sleep(3 * time.Second)

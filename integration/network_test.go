@@ -70,7 +70,7 @@ func TestFaultNetwork(t *testing.T) {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	var load faultLoad
-	wg := load.run(ctx, t, b, 4)
+	wg := load.run(ctx, b, 4, 2*time.Second)
 	time.Sleep(time.Second)
 	net.toxic(t, "slow", "latency", "downstream", `{"latency":150,"jitter":100}`, time.Second)
 	net.toxic(t, "reset", "reset_peer", "upstream", `{"timeout":20}`, 500*time.Millisecond)
