@@ -69,6 +69,7 @@ type replyLost struct {
 	cancel context.CancelFunc // if set, ends the caller's context too, as a timeout would
 }
 
+// Acquire implements shylock.Backend, losing the reply of the next successful acquires.
 func (r *replyLost) Acquire(ctx context.Context, req shylock.AcquireRequest) (shylock.Lease, error) {
 	lease, err := r.Backend.Acquire(ctx, req)
 	if err == nil && r.lose.Add(-1) >= 0 {
