@@ -155,8 +155,10 @@ func (l *Lock) acquire(ctx context.Context, wait bool) (bool, error) {
 			l.cleanup(ctx, cfg, req)
 			return false, l.errorf("acquire", err)
 		}
-		ch := wake
-		if !locked || ch == nil {
+		// While the lock is held, wait for the shared watcher, which polls within the retry
+		// bounds and wakes no later than the holder's expiry; after an error, back off.
+		wakeup, backedOff := wake, (<-chan time.Time)(nil)
+		if !locked || wake == nil {
 			if !locked {
 				cfg.logger.Debug("shylock: acquire attempt failed; retrying", "name", l.name, "err", err)
 			}
@@ -165,15 +167,11 @@ func (l *Lock) acquire(ctx context.Context, wait bool) (bool, error) {
 			} else {
 				timer.Reset(bo.Next())
 			}
-			ch = nil
-		}
-		var tc <-chan time.Time
-		if timer != nil && ch == nil {
-			tc = timer.C
+			wakeup, backedOff = nil, timer.C
 		}
 		select {
-		case <-ch:
-		case <-tc:
+		case <-wakeup:
+		case <-backedOff:
 		case <-ctx.Done():
 		}
 	}
