@@ -62,7 +62,8 @@ type Lease struct {
 	ExpiresAt time.Time
 	// Valid is how long after the request was sent the holder may consider the lock its own. It
 	// is at most the TTL, less any uncertainty about the backend's clock, so a holder that
-	// stops trusting its lock after Valid never overlaps with the next holder.
+	// stops trusting its lock after Valid never overlaps with the next holder. (Lock trusts it
+	// 1% + 2ms less still, for its own clock and timers.)
 	Valid time.Duration
 }
 

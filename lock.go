@@ -11,6 +11,12 @@ import (
 	"github.com/shylock-go/shylock/internal/ownerid"
 )
 
+// trusted is how long after its request a holder trusts a lease good for valid: 1% plus 2ms
+// less, Redlock's allowance for the holder's clock running slow and its timers firing late.
+func trusted(valid time.Duration) time.Duration {
+	return valid - valid/100 - 2*time.Millisecond
+}
+
 // cleanupTimeout bounds the release that Do and a cancelled Acquire make on their own, after
 // the caller's context may have ended. What it cannot remove expires by itself at its TTL.
 const cleanupTimeout = 10 * time.Second
@@ -196,7 +202,7 @@ func (l *Lock) hold(cfg config, req AcquireRequest, lease Lease, sent time.Time)
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	h := &holding{cfg: cfg, owner: req.Owner, token: lease.Token, acquired: sent,
-		ttl: cfg.ttl, valid: lease.Valid, deadline: sent.Add(lease.Valid), lost: l.lost}
+		ttl: cfg.ttl, valid: lease.Valid, deadline: sent.Add(trusted(lease.Valid)), lost: l.lost}
 	l.h = h
 	h.timer = time.AfterFunc(time.Until(h.deadline), func() { l.expire(h) })
 	if cfg.autoRenew {
@@ -243,7 +249,7 @@ func (l *Lock) extended(h *holding, lease Lease, ttl time.Duration, sent time.Ti
 	if h.isLost || l.h != h {
 		return false
 	}
-	h.ttl, h.valid, h.deadline = ttl, lease.Valid, sent.Add(lease.Valid)
+	h.ttl, h.valid, h.deadline = ttl, lease.Valid, sent.Add(trusted(lease.Valid))
 	h.timer.Reset(time.Until(h.deadline))
 	return true
 }

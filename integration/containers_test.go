@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -171,6 +172,16 @@ func TestContainerMongoImage(t *testing.T) {
 	shylocktest.Run(t, func(t *testing.T) shylock.Backend { return newMongo(t, coll) })
 }
 
+// report returns the value on the first line of out that starts with "key ", or "".
+func report(out, key string) string {
+	for _, line := range strings.Split(out, "\n") {
+		if v, ok := strings.CutPrefix(line, key+" "); ok {
+			return strings.TrimSpace(v)
+		}
+	}
+	return ""
+}
+
 // logs returns a container's output so far.
 func logs(t *testing.T, c *testcontainers.DockerContainer) string {
 	t.Helper()
@@ -205,9 +216,9 @@ func TestContainerPartition(t *testing.T) {
 	if err != nil {
 		t.Fatalf("starting the holder container: %v", err)
 	}
-	var heldToken uint64
-	if _, err := fmt.Sscanf(logs(t, holder)[strings.Index(logs(t, holder), "held "):], "held %d", &heldToken); err != nil {
-		t.Fatalf("holder output: %v", err)
+	heldToken, err := strconv.ParseUint(report(logs(t, holder), "held"), 10, 64)
+	if err != nil {
+		t.Fatalf("holder output: %v\n%s", err, logs(t, holder))
 	}
 
 	dc, err := testcontainers.NewDockerClientWithOpts(ctx)
@@ -231,18 +242,16 @@ func TestContainerPartition(t *testing.T) {
 	if l.Token() <= heldToken {
 		t.Fatalf("takeover token %d not above the partitioned holder's %d", l.Token(), heldToken)
 	}
-	waitFor(t, func() bool { return strings.Contains(logs(t, holder), "release ") })
+	waitFor(t, func() bool { return report(logs(t, holder), "release") != "" })
 	out := logs(t, holder)
-	var lostAt int64
-	if i := strings.Index(out, "lost "); i < 0 {
-		t.Fatalf("the partitioned holder never reported the loss:\n%s", out)
-	} else if _, err := fmt.Sscanf(out[i:], "lost %d", &lostAt); err != nil {
-		t.Fatal(err)
+	lostAt, err := strconv.ParseInt(report(out, "lost"), 10, 64)
+	if err != nil {
+		t.Fatalf("the partitioned holder never reported the loss (%v):\n%s", err, out)
 	}
 	if lost := time.Unix(0, lostAt); lost.After(took) {
 		t.Fatalf("the partitioned holder learnt of the loss %v after another client took over", lost.Sub(took))
 	}
-	if !strings.Contains(out, "release shylock: release") || !strings.Contains(out, "lock not held") {
+	if r := report(out, "release"); !strings.Contains(r, "lock not held") || !strings.Contains(r, "lock lost") {
 		t.Fatalf("the partitioned holder's release did not fail as not held:\n%s", out)
 	}
 	t.Logf("partitioned at %v; the holder gave up %v later, another client took over %v later",
