@@ -4,7 +4,9 @@
 package leakcheck
 
 import (
+	"context"
 	"testing"
+	"time"
 
 	"go.uber.org/goleak"
 
@@ -24,4 +26,24 @@ func TestMemoryConformance(t *testing.T) {
 		t.Cleanup(b.Close)
 		return b
 	})
+}
+
+// TestUnreadAcquireAsync drops AcquireAsync's channel unread, both after success and after
+// cancellation: no goroutine may stay behind (TestMain checks).
+func TestUnreadAcquireAsync(t *testing.T) {
+	b := memory.New()
+	defer b.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	held := shylock.New("x", shylock.WithBackend(b))
+	_ = held.AcquireAsync(ctx) // acquired; nobody reads the nil
+	for !held.Held() {
+		time.Sleep(time.Millisecond)
+	}
+	waiter := shylock.New("x", shylock.WithBackend(b))
+	_ = waiter.AcquireAsync(ctx) // waits; nobody reads its error
+	time.Sleep(20 * time.Millisecond)
+	cancel()
+	if err := held.Release(context.Background()); err != nil {
+		t.Fatal(err)
+	}
 }
