@@ -4,18 +4,17 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"net/url"
 	"os"
 	"testing"
 	"time"
 
 	"github.com/arangodb/go-driver/v2/arangodb"
-	"github.com/arangodb/go-driver/v2/connection"
 	"github.com/testcontainers/testcontainers-go"
 	"github.com/testcontainers/testcontainers-go/wait"
 
 	"github.com/shylock-go/shylock"
 	"github.com/shylock-go/shylock/arango"
+	"github.com/shylock-go/shylock/internal/connect"
 	"github.com/shylock-go/shylock/shylocktest"
 )
 
@@ -33,16 +32,10 @@ func arangoDatabase(t *testing.T) arangodb.Database {
 		}
 		raw = startArangoContainer(t, image)
 	}
-	u, err := url.Parse(raw)
+	client, err := connect.ArangoClient(raw)
 	if err != nil {
-		t.Fatalf("SHYLOCK_ARANGO_URL: %v", err)
+		t.Fatal(err)
 	}
-	cfg := connection.DefaultHTTPConfigurationWrapper(connection.NewRoundRobinEndpoints([]string{u.Scheme + "://" + u.Host}), true)
-	if u.User != nil {
-		pw, _ := u.User.Password()
-		cfg.Authentication = connection.NewBasicAuth(u.User.Username(), pw)
-	}
-	client := arangodb.NewClient(connection.NewHttpConnection(cfg))
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	var b [4]byte
@@ -50,7 +43,7 @@ func arangoDatabase(t *testing.T) arangodb.Database {
 	name := "shylock_test_" + hex.EncodeToString(b[:])
 	db, err := client.CreateDatabase(ctx, name, nil)
 	if err != nil {
-		t.Fatalf("creating database %s on %s: %v", name, u.Host, err)
+		t.Fatalf("creating database %s: %v", name, err)
 	}
 	t.Cleanup(func() { _ = db.Remove(context.Background()) })
 	return db

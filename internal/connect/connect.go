@@ -79,6 +79,21 @@ func redact(raw string) string {
 	return u.Redacted()
 }
 
+// ArangoClient returns a client for the ArangoDB endpoint in rawURL, with basic authentication
+// from the URL's user info.
+func ArangoClient(rawURL string) (arangodb.Client, error) {
+	u, err := url.Parse(rawURL)
+	if err != nil || u.Host == "" {
+		return nil, fmt.Errorf("ArangoDB URL %q: want http(s)://[user:password@]host:port", redact(rawURL))
+	}
+	cfg := connection.DefaultHTTPConfigurationWrapper(connection.NewRoundRobinEndpoints([]string{u.Scheme + "://" + u.Host}), false)
+	if u.User != nil {
+		pw, _ := u.User.Password()
+		cfg.Authentication = connection.NewBasicAuth(u.User.Username(), pw)
+	}
+	return arangodb.NewClient(connection.NewHttpConnection(cfg)), nil
+}
+
 // Open connects and returns the backend and a function that closes it and its connection.
 func (c Config) Open(ctx context.Context) (shylock.Backend, func(), error) {
 	switch {
@@ -94,16 +109,11 @@ func (c Config) Open(ctx context.Context) (shylock.Backend, func(), error) {
 		}
 		return b, func() { b.Close(); _ = client.Disconnect(context.WithoutCancel(ctx)) }, nil
 	case c.ArangoURL != "":
-		u, err := url.Parse(c.ArangoURL)
+		client, err := ArangoClient(c.ArangoURL)
 		if err != nil {
-			return nil, nil, fmt.Errorf("%s: %w", EnvArangoURL, err)
+			return nil, nil, err
 		}
-		cfg := connection.DefaultHTTPConfigurationWrapper(connection.NewRoundRobinEndpoints([]string{u.Scheme + "://" + u.Host}), false)
-		if u.User != nil {
-			pw, _ := u.User.Password()
-			cfg.Authentication = connection.NewBasicAuth(u.User.Username(), pw)
-		}
-		db, err := arangodb.NewClient(connection.NewHttpConnection(cfg)).GetDatabase(ctx, c.ArangoDatabase, nil)
+		db, err := client.GetDatabase(ctx, c.ArangoDatabase, nil)
 		if err != nil {
 			return nil, nil, fmt.Errorf("connecting to %s: %w", c.Where(), err)
 		}
