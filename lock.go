@@ -17,8 +17,8 @@ func trusted(valid time.Duration) time.Duration {
 	return valid - valid/100 - 2*time.Millisecond
 }
 
-// cleanupTimeout bounds the release that Do and a cancelled Acquire make on their own, after
-// the caller's context may have ended. What it cannot remove expires by itself at its TTL.
+// cleanupTimeout bounds the release that Do and a failed or cancelled Acquire make on their
+// own, after the caller's context may have ended. What they cannot remove expires at its TTL.
 const cleanupTimeout = 10 * time.Second
 
 // Lock is a handle on one named lock. Create it with New.
@@ -61,7 +61,10 @@ func (l *Lock) Name() string { return l.name }
 // Acquire blocks until the lock is held or ctx ends. While another owner holds it, Acquire
 // waits for a release or the holder's expiry (see WithRetry). When ctx ends first, the error
 // matches both ctx.Err() and the reason it was not acquired (ErrLocked, or the backend's last
-// error), and no lock is left behind: anything the attempt may have written is removed.
+// error), and no lock is left behind: anything an attempt whose reply was lost may have written
+// is removed before Acquire returns. If the backend stays unreachable, Acquire keeps trying to
+// remove it for up to 10 s (or the TTL, if shorter); the error then says that the lock may stay
+// taken until its TTL runs out.
 func (l *Lock) Acquire(ctx context.Context) error {
 	_, err := l.acquire(ctx, true)
 	return err
@@ -69,7 +72,7 @@ func (l *Lock) Acquire(ctx context.Context) error {
 
 // TryAcquire makes one attempt. It returns (true, nil) when the lock is now held, (false, nil)
 // when another owner holds it, and (false, err) when the attempt failed, in which case nothing is
-// left behind either.
+// left behind either, as with Acquire.
 func (l *Lock) TryAcquire(ctx context.Context) (bool, error) {
 	return l.acquire(ctx, false)
 }
@@ -119,8 +122,9 @@ func (l *Lock) acquire(ctx context.Context, wait bool) (bool, error) {
 	var (
 		bo        = backoff.New(cfg.retryMin, cfg.retryMax)
 		timer     *time.Timer
-		lastErr   error // why the last attempt failed
-		ambiguous bool  // the last attempt may have written without our knowing
+		lastErr   error     // why the last attempt failed
+		ambiguous bool      // the last attempt may have written without our knowing
+		lastSent  time.Time // when the last attempt was sent
 	)
 	defer func() {
 		if timer != nil {
@@ -129,18 +133,19 @@ func (l *Lock) acquire(ctx context.Context, wait bool) (bool, error) {
 	}()
 	for {
 		if ctx.Err() != nil {
+			var left error
 			if ambiguous {
-				l.cleanup(ctx, cfg, req)
+				left = l.cleanup(ctx, cfg, req, lastSent)
 			}
 			if lastErr == nil || errors.Is(lastErr, ctx.Err()) {
-				return false, l.errorf("acquire", ctx.Err())
+				return false, errors.Join(l.errorf("acquire", ctx.Err()), left)
 			}
-			return false, errors.Join(l.errorf("acquire", lastErr), ctx.Err())
+			return false, errors.Join(l.errorf("acquire", lastErr), ctx.Err(), left)
 		}
-		sent := time.Now()
+		lastSent = time.Now()
 		lease, err := cfg.backend.Acquire(ctx, req)
 		if err == nil {
-			l.hold(cfg, req, lease, sent)
+			l.hold(cfg, req, lease, lastSent)
 			return true, nil
 		}
 		locked := errors.Is(err, ErrLocked)
@@ -158,8 +163,7 @@ func (l *Lock) acquire(ctx context.Context, wait bool) (bool, error) {
 			if locked {
 				return false, nil
 			}
-			l.cleanup(ctx, cfg, req)
-			return false, l.errorf("acquire", err)
+			return false, errors.Join(l.errorf("acquire", err), l.cleanup(ctx, cfg, req, lastSent))
 		}
 		// While the lock is held, wait for the shared watcher, which polls within the retry
 		// bounds and wakes no later than the holder's expiry; after an error, back off.
@@ -183,18 +187,32 @@ func (l *Lock) acquire(ctx context.Context, wait bool) (bool, error) {
 	}
 }
 
-// cleanup removes whatever an attempt whose outcome is unknown may have written. The owner id is
-// fresh for each Acquire, so this can only ever remove our own lock.
-func (l *Lock) cleanup(ctx context.Context, cfg config, req AcquireRequest) {
-	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+// cleanup removes whatever an attempt sent at sent, whose outcome is unknown, may have written.
+// The owner id is fresh for each Acquire, so this can only ever remove our own lock. It retries
+// until it succeeds, cleanupTimeout passes, or the lease would have run out anyway, and returns
+// an error, for the caller to pass on, when something may be left.
+func (l *Lock) cleanup(ctx context.Context, cfg config, req AcquireRequest, sent time.Time) error {
+	cctx, cancel := context.WithDeadline(context.WithoutCancel(ctx), sent.Add(min(cleanupTimeout, cfg.ttl)))
 	defer cancel()
-	err := cfg.backend.Release(cctx, req.Name, req.Owner, 0)
-	switch {
-	case err == nil:
-		cfg.logger.Debug("shylock: removed the lock an interrupted acquire had written", "name", l.name)
-	case !errors.Is(err, ErrNotHeld):
-		cfg.logger.Warn("shylock: could not remove what an interrupted acquire may have written; it expires by itself",
-			"name", l.name, "ttl", cfg.ttl, "err", err)
+	bo := backoff.New(cfg.retryMin, cfg.retryMax)
+	for {
+		err := cfg.backend.Release(cctx, req.Name, req.Owner, 0)
+		switch {
+		case err == nil:
+			cfg.logger.Debug("shylock: removed the lock an interrupted acquire had written", "name", l.name)
+			return nil
+		case errors.Is(err, ErrNotHeld):
+			return nil
+		}
+		select {
+		case <-time.After(bo.Next()):
+		case <-cctx.Done():
+			cfg.logger.Warn("shylock: could not remove what an interrupted acquire may have written; it expires by itself",
+				"name", l.name, "ttl", cfg.ttl, "err", err)
+			// %v: the cleanup's own deadline must not make the error match the caller's.
+			return fmt.Errorf("shylock: %q may stay taken until its TTL (%v) runs out: the attempt may have "+
+				"acquired it and could not be undone: %v", l.name, cfg.ttl, err)
+		}
 	}
 }
 

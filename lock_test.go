@@ -3,6 +3,7 @@ package shylock_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -62,16 +63,26 @@ func TestConfigure(t *testing.T) {
 	}
 }
 
-// faulty wraps a backend with switchable failures of Extend and Release.
+// faulty wraps a backend with switchable failures of Acquire, Extend and Release.
 type faulty struct {
 	shylock.Backend
-	failExtend  atomic.Bool
-	extendCalls atomic.Int32
-	loseRelease atomic.Int32 // releases that apply but report an error
-	failRelease atomic.Bool  // releases that fail without applying
+	loseAcquire  atomic.Int32 // acquires that apply but report an error
+	failExtend   atomic.Bool
+	extendCalls  atomic.Int32
+	loseRelease  atomic.Int32 // releases that apply but report an error
+	failRelease  atomic.Bool  // releases that fail without applying
+	failReleases atomic.Int32 // as many releases as this fail without applying
 }
 
 var errTransient = errors.New("connection refused (test fault)")
+
+func (f *faulty) Acquire(ctx context.Context, req shylock.AcquireRequest) (shylock.Lease, error) {
+	lease, err := f.Backend.Acquire(ctx, req)
+	if err == nil && f.loseAcquire.Add(-1) >= 0 {
+		return shylock.Lease{}, errTransient
+	}
+	return lease, err
+}
 
 func (f *faulty) Extend(ctx context.Context, name, owner string, token uint64, ttl time.Duration) (shylock.Lease, error) {
 	f.extendCalls.Add(1)
@@ -82,7 +93,7 @@ func (f *faulty) Extend(ctx context.Context, name, owner string, token uint64, t
 }
 
 func (f *faulty) Release(ctx context.Context, name, owner string, token uint64) error {
-	if f.failRelease.Load() {
+	if f.failRelease.Load() || f.failReleases.Add(-1) >= 0 {
 		return errTransient
 	}
 	err := f.Backend.Release(ctx, name, owner, token)
@@ -229,5 +240,45 @@ func TestReleaseAfterLossWithServerDown(t *testing.T) {
 	}
 	if err := l.Release(ctx); !errors.Is(err, shylock.ErrNotHeld) || errors.Is(err, shylock.ErrLost) {
 		t.Fatalf("a second Release = %v; the holding is over, so just ErrNotHeld", err)
+	}
+}
+
+// TestFailedAcquireRetriesCleanup: when the reply of an applied acquire is lost and the backend
+// then refuses a few requests, the cleanup keeps trying and nothing is left behind.
+func TestFailedAcquireRetriesCleanup(t *testing.T) {
+	m := newMemory(t)
+	f := &faulty{Backend: m}
+	f.loseAcquire.Store(1)
+	f.failReleases.Store(3)
+	l := shylock.New("x", shylock.WithBackend(f), shylock.WithRetry(time.Millisecond, 5*time.Millisecond))
+	ok, err := l.TryAcquire(ctx)
+	if ok || !errors.Is(err, errTransient) || strings.Contains(err.Error(), "may stay taken") {
+		t.Fatalf("TryAcquire = %v, %v; want false and only the acquire's error", ok, err)
+	}
+	if info, err := m.Inspect(ctx, "x"); err != nil || info.Held {
+		t.Fatalf("Inspect = %+v, %v; the cleanup's retries should have removed the lock", info, err)
+	}
+	if n := f.failReleases.Load(); n >= 0 {
+		t.Fatalf("%d injected release failures left; the cleanup did not retry", n+1)
+	}
+}
+
+// TestFailedAcquireCleanupGivesUp: when the backend never answers, the cleanup stops once the
+// lease would have run out, and the error says the lock may stay taken until then.
+func TestFailedAcquireCleanupGivesUp(t *testing.T) {
+	f := &faulty{Backend: newMemory(t)}
+	f.loseAcquire.Store(1)
+	f.failRelease.Store(true)
+	l := shylock.New("x", shylock.WithBackend(f), shylock.WithTTL(200*time.Millisecond))
+	start := time.Now()
+	ok, err := l.TryAcquire(ctx)
+	if ok || err == nil || !strings.Contains(err.Error(), "may stay taken until its TTL") {
+		t.Fatalf("TryAcquire = %v, %v; want an error saying the lock may stay taken", ok, err)
+	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("the error %q matches context.DeadlineExceeded, but the caller's context is alive", err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("TryAcquire took %v; cleaning up a 200ms lease should stop when it runs out", d)
 	}
 }
