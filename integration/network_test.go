@@ -18,10 +18,11 @@ type faultyNetwork struct {
 	proxy *toxiproxy.Proxy
 }
 
-func startFaultyNetwork(t *testing.T) *faultyNetwork {
+// startFaultyNetwork starts a proxy to upstream (host:port).
+func startFaultyNetwork(t *testing.T, upstream string) *faultyNetwork {
 	t.Helper()
 	srv := toxiproxy.NewServer(toxiproxy.NewMetricsContainer(prometheus.NewRegistry()), zerolog.Nop())
-	p := toxiproxy.NewProxy(srv, "mongo", "127.0.0.1:0", mongoURIHost(t))
+	p := toxiproxy.NewProxy(srv, "mongo", "127.0.0.1:0", upstream)
 	if err := p.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -59,7 +60,7 @@ func (n *faultyNetwork) cut(t *testing.T, d time.Duration) {
 // swallows traffic and goes away: never two holders, and work goes on afterwards.
 func TestFaultNetwork(t *testing.T) {
 	checkLibraryLeaks(t)
-	net := startFaultyNetwork(t)
+	net := startFaultyNetwork(t, mongoURIHost(t))
 	c, err := mdb.Connect(options.Client().ApplyURI(net.uri()).SetServerSelectionTimeout(time.Second).SetRetryWrites(false))
 	if err != nil {
 		t.Fatal(err)
