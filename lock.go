@@ -192,9 +192,13 @@ func (l *Lock) acquire(ctx context.Context, wait bool) (bool, error) {
 // until it succeeds, cleanupTimeout passes, or the lease would have run out anyway, and returns
 // an error, for the caller to pass on, when something may be left.
 func (l *Lock) cleanup(ctx context.Context, cfg config, req AcquireRequest, sent time.Time) error {
-	cctx, cancel := context.WithDeadline(context.WithoutCancel(ctx), sent.Add(min(cleanupTimeout, cfg.ttl)))
+	end := sent.Add(cfg.ttl) // the lease it may have taken ends about then
+	if !time.Now().Before(end) {
+		return nil
+	}
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), min(time.Until(end), cleanupTimeout))
 	defer cancel()
-	bo := backoff.New(cfg.retryMin, cfg.retryMax)
+	bo := backoff.New(cfg.retryMin, max(cfg.retryMin, min(cfg.retryMax, time.Second)))
 	for {
 		err := cfg.backend.Release(cctx, req.Name, req.Owner, 0)
 		switch {

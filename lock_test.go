@@ -282,3 +282,18 @@ func TestFailedAcquireCleanupGivesUp(t *testing.T) {
 		t.Fatalf("TryAcquire took %v; cleaning up a 200ms lease should stop when it runs out", d)
 	}
 }
+
+// TestCancelledAcquireAfterTheLeaseEnded: an attempt of unknown outcome whose lease has run out
+// by the time Acquire gives up has nothing left to remove, so nothing is tried or reported.
+func TestCancelledAcquireAfterTheLeaseEnded(t *testing.T) {
+	f := &faulty{Backend: newMemory(t)}
+	f.loseAcquire.Store(1)
+	f.failRelease.Store(true)
+	l := shylock.New("x", shylock.WithBackend(f), shylock.WithTTL(50*time.Millisecond), shylock.WithRetry(time.Minute, time.Minute))
+	actx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel()
+	err := l.Acquire(actx)
+	if !errors.Is(err, context.DeadlineExceeded) || !errors.Is(err, errTransient) || strings.Contains(err.Error(), "may stay taken") {
+		t.Fatalf("Acquire = %v; want the deadline and the attempt's error, and no leftover", err)
+	}
+}
