@@ -61,8 +61,7 @@ func runRun(ctx context.Context, e *env, args []string) int {
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, e.stdout, e.stderr
 	cmd.Env = append(os.Environ(), "SHYLOCK_TOKEN="+strconv.FormatUint(l.Token(), 10), "SHYLOCK_LOCK="+name)
-	// Its own process group, so a signal reaches everything it started, not just a shell.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	ownGroup(cmd)
 	if err := cmd.Start(); err != nil {
 		return e.failf(exitError, "starting %s: %v", argv[0], err)
 	}
@@ -72,11 +71,11 @@ func runRun(ctx context.Context, e *env, args []string) int {
 	case err := <-exited:
 		return exitStatus(err)
 	case <-ctx.Done(): // interrupted: pass it on and wait for the command
-		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
+		signalGroup(cmd, syscall.SIGTERM)
 		return exitStatus(<-exited)
 	case <-l.Lost():
 		fmt.Fprintf(e.stderr, "shylock: lost the lock %q; stopping %s with SIG%s\n", name, argv[0], *sigName)
-		_ = syscall.Kill(-cmd.Process.Pid, sig)
+		signalGroup(cmd, sig)
 		<-exited
 		return exitLockLost
 	}
