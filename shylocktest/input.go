@@ -20,12 +20,12 @@ func testInvalidNames(t *testing.T, s *suite) {
 		"NUL":          s.name("nul\x00byte"),
 	}
 	for what, name := range bad {
-		_, err := shylock.New(name, shylock.WithBackend(s.b)).TryAcquire(s.ctx)
+		_, err := shylock.New(name, s.with()...).TryAcquire(s.ctx)
 		wantErr(t, what+": TryAcquire", err, shylock.ErrInvalidName)
 		err = shylock.Do(s.ctx, name, func(context.Context) error {
 			t.Errorf("%s: Do ran fn", what)
 			return nil
-		}, shylock.WithBackend(s.b))
+		}, s.with()...)
 		wantErr(t, what+": Do", err, shylock.ErrInvalidName)
 		_, err = s.b.Acquire(s.ctx, shylock.AcquireRequest{Name: name, Owner: "o", TTL: time.Minute})
 		wantErr(t, what+": Backend.Acquire", err, shylock.ErrInvalidName)

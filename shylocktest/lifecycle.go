@@ -89,7 +89,7 @@ func testAmbiguousAcquire(t *testing.T, s *suite) {
 	faulty := &replyLost{Backend: s.b}
 
 	faulty.lose.Store(1)
-	ok, err := shylock.New(s.name("try"), shylock.WithBackend(faulty)).TryAcquire(s.ctx)
+	ok, err := shylock.New(s.name("try"), s.with(shylock.WithBackend(faulty))...).TryAcquire(s.ctx)
 	if ok || err == nil {
 		t.Fatalf("TryAcquire whose reply was lost = %v, %v; want false and the error", ok, err)
 	}
@@ -100,7 +100,7 @@ func testAmbiguousAcquire(t *testing.T, s *suite) {
 	ctx, cancel := context.WithCancel(s.ctx)
 	faulty.lose.Store(1)
 	faulty.cancel = cancel
-	err = shylock.New(s.name("cancel"), shylock.WithBackend(faulty)).Acquire(ctx)
+	err = shylock.New(s.name("cancel"), s.with(shylock.WithBackend(faulty))...).Acquire(ctx)
 	wantErr(t, "Acquire cancelled while its write was in flight", err, context.Canceled)
 	if info := s.inspect(t, s.name("cancel")); info.Held {
 		t.Fatalf("a cancelled Acquire left the lock behind: %+v", info)
@@ -109,8 +109,8 @@ func testAmbiguousAcquire(t *testing.T, s *suite) {
 	// With a TTL far beyond the context, only recognising its own lock lets the retry succeed.
 	faulty.lose.Store(1)
 	faulty.cancel = nil
-	l := shylock.New(s.name("retry"), shylock.WithBackend(faulty), shylock.WithTTL(time.Hour),
-		shylock.WithRetry(time.Millisecond, 10*time.Millisecond))
+	l := shylock.New(s.name("retry"), s.with(shylock.WithBackend(faulty), shylock.WithTTL(time.Hour),
+		shylock.WithRetry(time.Millisecond, 10*time.Millisecond))...)
 	ctx, cancel = context.WithTimeout(s.ctx, 10*time.Second)
 	defer cancel()
 	if err := l.Acquire(ctx); err != nil {
@@ -282,7 +282,7 @@ func testDo(t *testing.T, s *suite) {
 			t.Errorf("TryAcquire inside Do = %v, %v; want false, nil", ok, err)
 		}
 		return errFn
-	}, shylock.WithBackend(s.b))
+	}, s.with()...)
 	if !errors.Is(err, errFn) {
 		t.Fatalf("Do returned %v; want fn's error", err)
 	}
@@ -296,7 +296,7 @@ func testDo(t *testing.T, s *suite) {
 				t.Fatalf("recovered %v; want the panic to propagate", r)
 			}
 		}()
-		_ = shylock.Do(s.ctx, name, func(context.Context) error { panic("boom") }, shylock.WithBackend(s.b))
+		_ = shylock.Do(s.ctx, name, func(context.Context) error { panic("boom") }, s.with()...)
 	}()
 	if info := s.inspect(t, name); info.Held {
 		t.Fatalf("after fn panicked the lock is still held: %+v", info)
@@ -315,7 +315,7 @@ func testDo(t *testing.T, s *suite) {
 				time.Sleep(2 * time.Millisecond)
 				inside.Add(-1)
 				return nil
-			}, shylock.WithBackend(s.b))
+			}, s.with()...)
 			if err != nil {
 				t.Errorf("Do: %v", err)
 			}
@@ -333,7 +333,7 @@ func testDo(t *testing.T, s *suite) {
 	err = shylock.Do(ctx, name, func(context.Context) error {
 		t.Error("fn ran although the lock was held")
 		return nil
-	}, shylock.WithBackend(s.b))
+	}, s.with()...)
 	wantErr(t, "Do on a held lock until a deadline", err, shylock.ErrLocked, context.DeadlineExceeded)
 	if err := holder.Release(s.ctx); err != nil {
 		t.Fatalf("Release: %v", err)
@@ -356,6 +356,6 @@ func testDoCancelsOnLoss(t *testing.T, s *suite) {
 			t.Error("fn's context was not cancelled 10s after its lock was force-released")
 			return nil
 		}
-	}, shylock.WithBackend(s.b), shylock.WithTTL(time.Second))
+	}, s.with(shylock.WithTTL(time.Second))...)
 	wantErr(t, "Do whose lock was lost", err, shylock.ErrLost)
 }

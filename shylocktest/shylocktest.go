@@ -17,6 +17,9 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"io"
+	"log/slog"
+	"sync"
 	"testing"
 	"time"
 
@@ -65,7 +68,7 @@ func Run(t *testing.T, newBackend NewBackend) {
 			b := newBackend(t)
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 			t.Cleanup(cancel)
-			tc.fn(t, &suite{b: b, ctx: ctx, prefix: prefix + tc.name + "/"})
+			tc.fn(t, &suite{b: b, ctx: ctx, prefix: prefix + tc.name + "/", log: testLogger(t)})
 		})
 	}
 }
@@ -75,14 +78,49 @@ type suite struct {
 	b      shylock.Backend
 	ctx    context.Context
 	prefix string
+	log    *slog.Logger
 }
 
 // name returns a lock name unique to this subtest.
 func (s *suite) name(n string) string { return s.prefix + n }
 
+// with returns opts after the options every lock of the suite starts from.
+func (s *suite) with(opts ...shylock.Option) []shylock.Option {
+	return append([]shylock.Option{shylock.WithBackend(s.b), shylock.WithLogger(s.log)}, opts...)
+}
+
 // lock returns a Lock on the backend under test.
 func (s *suite) lock(n string, opts ...shylock.Option) *shylock.Lock {
-	return shylock.New(s.name(n), append([]shylock.Option{shylock.WithBackend(s.b)}, opts...)...)
+	return shylock.New(s.name(n), s.with(opts...)...)
+}
+
+// testLogger shows the library's log records with t's output while t runs, and drops those
+// that come later (a lock a test left to expire reports its loss after the test).
+func testLogger(t *testing.T) *slog.Logger {
+	w := &testWriter{w: t.Output()}
+	t.Cleanup(w.close)
+	return slog.New(slog.NewTextHandler(w, nil))
+}
+
+type testWriter struct {
+	mu   sync.Mutex
+	w    io.Writer
+	done bool
+}
+
+func (w *testWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.done {
+		return len(p), nil
+	}
+	return w.w.Write(p)
+}
+
+func (w *testWriter) close() {
+	w.mu.Lock()
+	w.done = true
+	w.mu.Unlock()
 }
 
 func (s *suite) mustAcquire(t *testing.T, l *shylock.Lock) {
