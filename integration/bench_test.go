@@ -19,12 +19,18 @@ import (
 
 // BenchmarkMongoAcquireRelease compares one uncontended holding with the physical floor of a
 // lock on the same server: inserting a document and deleting it. Run both in one invocation and
-// compare ns/op.
+// compare ns/op and commands/op.
 func BenchmarkMongoAcquireRelease(b *testing.B) {
 	ctx := context.Background()
+	monitored, commands := monitoredClient(b)
 	coll := collection(b)
+	coll = monitored.Database(coll.Database().Name()).Collection(coll.Name())
 	backend := newMongo(b, coll)
+	perOp := func(b *testing.B, before int64) {
+		b.ReportMetric(float64(commands.Load()-before)/float64(b.N), "commands/op")
+	}
 	b.Run("raw-insert+delete", func(b *testing.B) {
+		before := commands.Load()
 		for b.Loop() {
 			if _, err := coll.InsertOne(ctx, bson.D{{Key: "name", Value: "raw"}}); err != nil {
 				b.Fatal(err)
@@ -33,9 +39,10 @@ func BenchmarkMongoAcquireRelease(b *testing.B) {
 				b.Fatal(err)
 			}
 		}
+		perOp(b, before)
 	})
 	b.Run("shylock-acquire+release", func(b *testing.B) {
-		b.ReportAllocs()
+		before := commands.Load()
 		for b.Loop() {
 			l := shylock.New("bench", shylock.WithBackend(backend))
 			if ok, err := l.TryAcquire(ctx); !ok || err != nil {
@@ -45,7 +52,21 @@ func BenchmarkMongoAcquireRelease(b *testing.B) {
 				b.Fatal(err)
 			}
 		}
+		perOp(b, before)
 	})
+}
+
+// monitoredClient connects to the test server with a counter of the commands it sends.
+func monitoredClient(b *testing.B) (*mdb.Client, *atomic.Int64) {
+	var commands atomic.Int64
+	c, err := mdb.Connect(options.Client().ApplyURI(mongoURI).SetMonitor(&event.CommandMonitor{
+		Started: func(context.Context, *event.CommandStartedEvent) { commands.Add(1) },
+	}))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = c.Disconnect(context.Background()) })
+	return c, &commands
 }
 
 // BenchmarkMongoHandoff measures the time from a release to the next holder, with 1, 8 and 64
@@ -103,14 +124,7 @@ func BenchmarkMongoHandoff(b *testing.B) {
 // goroutines of one process wait on a lock held elsewhere. Shared polling keeps it flat.
 func BenchmarkMongoWaiterLoad(b *testing.B) {
 	ctx := context.Background()
-	var commands atomic.Int64
-	monitored, err := mdb.Connect(options.Client().ApplyURI(mongoURI).SetMonitor(&event.CommandMonitor{
-		Started: func(context.Context, *event.CommandStartedEvent) { commands.Add(1) },
-	}))
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer func() { _ = monitored.Disconnect(ctx) }()
+	monitored, commands := monitoredClient(b)
 	for _, waiters := range []int{1, 8, 64} {
 		b.Run(fmt.Sprintf("waiters=%d", waiters), func(b *testing.B) {
 			coll := collection(b)

@@ -221,3 +221,30 @@ func (s *syncBuffer) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+// TestMongoSpentClaimsAreSwept: on servers without $$NOW every takeover inserts a claim record;
+// spent ones must be deleted, or a busy lock would grow its collection without bound.
+func TestMongoSpentClaimsAreSwept(t *testing.T) {
+	ctx := context.Background()
+	coll := collection(t)
+	b := newMongo(t, coll)
+	const holdings = 50
+	for range holdings {
+		l := shylock.New("swept", shylock.WithBackend(b))
+		if ok, err := l.TryAcquire(ctx); !ok || err != nil {
+			t.Fatalf("TryAcquire = %v, %v", ok, err)
+		}
+		if err := l.Release(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	claims, err := coll.CountDocuments(ctx, bson.D{{Key: "name", Value: bson.D{
+		{Key: "$gt", Value: "\x00swept\x00"}, {Key: "$lt", Value: "\x00swept\x01"}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if claims > 16 {
+		t.Fatalf("%d claim records after %d holdings; spent claims are not being deleted", claims, holdings)
+	}
+	t.Logf("%d claim records after %d holdings", claims, holdings)
+}

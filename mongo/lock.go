@@ -156,8 +156,10 @@ func (b *Backend) acquireEstimated(ctx context.Context, req shylock.AcquireReque
 		if res.MatchedCount == 0 {
 			continue // deleted behind our back; look again
 		}
-		// The previous claim has served: no client can still win it.
-		_, _ = b.coll.DeleteOne(ctx, bson.D{{Key: "name", Value: claimName(req.Name, cur.Token)}})
+		if next%sweepEvery == 0 {
+			// Claims below the record's token have served: nobody can use one any more.
+			_, _ = b.coll.DeleteMany(ctx, bson.D{{Key: "name", Value: claimRange(req.Name)}, {Key: "token", Value: bson.D{{Key: "$lt", Value: next}}}})
+		}
 		return shylock.Lease{Token: uint64(next), ExpiresAt: exp, Valid: valid}, nil
 	}
 	return shylock.Lease{}, fmt.Errorf("%w: %q (it changed hands during the attempt)", shylock.ErrLocked, req.Name)
@@ -166,6 +168,15 @@ func (b *Backend) acquireEstimated(ctx context.Context, req shylock.AcquireReque
 func claimName(name string, token int64) string {
 	return "\x00" + name + "\x00" + strconv.FormatInt(token, 10)
 }
+
+// claimRange matches the names of every claim of the lock name.
+func claimRange(name string) bson.D {
+	return bson.D{{Key: "$gt", Value: "\x00" + name + "\x00"}, {Key: "$lt", Value: "\x00" + name + "\x01"}}
+}
+
+// sweepEvery is how many takeovers of a name pass between deletions of its spent claims: one
+// DeleteMany now and then costs less than a DeleteOne per takeover.
+const sweepEvery = 16
 
 // claim inserts the claim for token next of req.Name and reports whether this client won it. A
 // claim left by a client that died before using it expires with the lease it was for.
@@ -271,8 +282,7 @@ func (b *Backend) Release(ctx context.Context, name, owner string, token uint64)
 	}
 	if token == 0 && !b.serverNow {
 		// Cleaning up after an attempt of unknown outcome: it may have left a claim.
-		_, err := b.coll.DeleteMany(ctx, bson.D{{Key: "owner", Value: owner}, {Key: "name", Value: bson.D{
-			{Key: "$gt", Value: "\x00" + name + "\x00"}, {Key: "$lt", Value: "\x00" + name + "\x01"}}}})
+		_, err := b.coll.DeleteMany(ctx, bson.D{{Key: "owner", Value: owner}, {Key: "name", Value: claimRange(name)}})
 		if err != nil {
 			return fmt.Errorf("mongo: release %q: %w", name, err)
 		}
