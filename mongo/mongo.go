@@ -9,9 +9,16 @@
 // otherwise with an interval estimate of the server's clock, sampled from the hello command and
 // corrected for the round trip, that never judges a live lock expired.
 //
-// Fencing tokens are derived from the server's clock when a record is created (milliseconds
-// times 1024) and incremented on every acquisition after that, so they keep increasing when a
+// Fencing tokens are derived from the server's clock when a record is created (in
+// microseconds) and incremented on every acquisition after that, so they keep increasing when a
 // record is deleted by the TTL monitor or by hand.
+//
+// Servers without pipeline updates (FerretDB) also rewrite a matched document by _id after
+// querying it, without checking the filter again, so a conditional update is not atomic there.
+// On them every change of holder is decided by inserting a claim record under the unique index,
+// and an extend reads back what it wrote. An extend or release that stalls inside such a server
+// from before the end of its lease until after a takeover can still overwrite the new holding:
+// keep TTLs far above the server's worst stall.
 //
 // Writes use write concern majority with journaling and reads use read concern majority, so an
 // acknowledged acquire survives a replica-set failover. WithWriteConcern and WithReadConcern
