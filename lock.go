@@ -198,7 +198,7 @@ func (l *Lock) cleanup(ctx context.Context, cfg config, req AcquireRequest, sent
 	}
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), min(time.Until(end), cleanupTimeout))
 	defer cancel()
-	bo := backoff.New(cfg.retryMin, max(cfg.retryMin, min(cfg.retryMax, time.Second)))
+	bo := retryBackoff(cfg)
 	for {
 		err := cfg.backend.Release(cctx, req.Name, req.Owner, 0)
 		switch {
@@ -406,6 +406,33 @@ func (l *Lock) Release(ctx context.Context) error {
 			ErrNotHeld, ErrLost, err))
 	}
 	return l.errorf("release", fmt.Errorf("%w: %w (another owner may have held it meanwhile)", ErrNotHeld, ErrLost))
+}
+
+// releaseRetrying releases, retrying failures other than ErrNotHeld with backoff until ctx
+// ends; the retry of a release that did apply succeeds.
+func (l *Lock) releaseRetrying(ctx context.Context) error {
+	var bo *backoff.Backoff
+	for {
+		err := l.Release(ctx)
+		if err == nil || errors.Is(err, ErrNotHeld) {
+			return err
+		}
+		if bo == nil {
+			cfg, _ := resolve(l.name, l.opts) // valid: the lock was acquired with them
+			bo = retryBackoff(cfg)
+		}
+		select {
+		case <-time.After(bo.Next()):
+		case <-ctx.Done():
+			return err
+		}
+	}
+}
+
+// retryBackoff paces retries of a write that must get through: within the lock's retry
+// bounds, but at least once a second.
+func retryBackoff(cfg config) *backoff.Backoff {
+	return backoff.New(cfg.retryMin, max(cfg.retryMin, min(cfg.retryMax, time.Second)))
 }
 
 // Extend sets the lease to expire ttl from now, by the backend's clock, and makes ttl the

@@ -297,3 +297,20 @@ func TestCancelledAcquireAfterTheLeaseEnded(t *testing.T) {
 		t.Fatalf("Acquire = %v; want the deadline and the attempt's error, and no leftover", err)
 	}
 }
+
+// TestDoRetriesItsRelease: when the backend refuses a few requests as fn ends, Do keeps
+// releasing rather than leave the lock taken until its TTL.
+func TestDoRetriesItsRelease(t *testing.T) {
+	m := newMemory(t)
+	f := &faulty{Backend: m}
+	err := shylock.Do(ctx, "x", func(context.Context) error {
+		f.failReleases.Store(3)
+		return nil
+	}, shylock.WithBackend(f), shylock.WithRetry(time.Millisecond, 5*time.Millisecond))
+	if err != nil {
+		t.Fatalf("Do = %v; the release should have been retried until it got through", err)
+	}
+	if info, err := m.Inspect(ctx, "x"); err != nil || info.Held {
+		t.Fatalf("Inspect = %+v, %v; Do left the lock taken", info, err)
+	}
+}

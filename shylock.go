@@ -88,7 +88,8 @@ func TokenFrom(ctx context.Context) (uint64, bool) {
 // WithAutoRenew(false) to turn that off). If the lock is lost, fn's context is cancelled with
 // cause ErrLost and Do's error matches ErrLost; fn should then stop touching the protected
 // resource. TokenFrom(ctx) gives fn the holding's fencing token. fn's own error is returned as
-// it is, joined with any release or loss error.
+// it is, joined with any release or loss error. A release that fails because the backend cannot
+// be reached is retried for up to 10 s.
 func Do(ctx context.Context, name string, fn func(ctx context.Context) error, opts ...Option) (err error) {
 	l := New(name, append([]Option{WithAutoRenew(true)}, opts...)...)
 	if err := l.Acquire(ctx); err != nil {
@@ -110,7 +111,7 @@ func Do(ctx context.Context, name string, fn func(ctx context.Context) error, op
 		cancel(nil)
 		rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
 		defer rcancel()
-		if rerr := l.Release(rctx); rerr != nil && !(errors.Is(rerr, ErrLost) && errors.Is(err, ErrLost)) {
+		if rerr := l.releaseRetrying(rctx); rerr != nil && !(errors.Is(rerr, ErrLost) && errors.Is(err, ErrLost)) {
 			err = errors.Join(err, rerr)
 		}
 	}()
