@@ -411,16 +411,20 @@ func (l *Lock) Release(ctx context.Context) error {
 // releaseRetrying releases, retrying failures other than ErrNotHeld with backoff until ctx
 // ends; the retry of a release that did apply succeeds.
 func (l *Lock) releaseRetrying(ctx context.Context) error {
-	var bo *backoff.Backoff
+	var (
+		cfg *config // resolved at the first failure, so a release that gets through costs nothing more
+		bo  *backoff.Backoff
+	)
 	for {
 		err := l.Release(ctx)
 		if err == nil || errors.Is(err, ErrNotHeld) {
 			return err
 		}
-		if bo == nil {
-			cfg, _ := resolve(l.name, l.opts) // valid: the lock was acquired with them
-			bo = retryBackoff(cfg)
+		if cfg == nil {
+			c, _ := resolve(l.name, l.opts) // valid: the lock was acquired with them
+			cfg, bo = &c, retryBackoff(c)
 		}
+		cfg.logger.Debug("shylock: release failed; retrying", "name", l.name, "err", err)
 		select {
 		case <-time.After(bo.Next()):
 		case <-ctx.Done():
