@@ -127,7 +127,7 @@ func testAmbiguousAcquire(t *testing.T, s *suite) {
 // testLostOnTakeover force-releases a renewing holder's lock and lets another take it: the old
 // holder must learn at its next renewal, and its Release must not touch the new holding.
 func testLostOnTakeover(t *testing.T, s *suite) {
-	a := s.lock("x", shylock.WithTTL(time.Second), shylock.WithAutoRenew(true))
+	a := s.lock("x", shylock.WithTTL(3*time.Second), shylock.WithAutoRenew(true))
 	s.mustAcquire(t, a)
 	if _, err := s.b.ForceRelease(s.ctx, a.Name()); err != nil {
 		t.Fatalf("ForceRelease: %v", err)
@@ -356,6 +356,6 @@ func testDoCancelsOnLoss(t *testing.T, s *suite) {
 			t.Error("fn's context was not cancelled 10s after its lock was force-released")
 			return nil
 		}
-	}, s.with(shylock.WithTTL(time.Second))...)
+	}, s.with(shylock.WithTTL(3*time.Second))...) // long enough that a loaded server answers ForceRelease within it
 	wantErr(t, "Do whose lock was lost", err, shylock.ErrLost)
 }
