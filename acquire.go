@@ -68,42 +68,53 @@ func (l *Lock) acquire(ctx context.Context, wait bool) (bool, error) {
 		wake = sub.C()
 	}
 	var (
-		bo        = backoff.New(cfg.retryMin, cfg.retryMax)
-		timer     *time.Timer
-		lastErr   error     // why the last attempt failed
-		ambiguous bool      // the last attempt may have written without our knowing
-		lastSent  time.Time // when the last attempt was sent
+		bo      = backoff.New(cfg.retryMin, cfg.retryMax)
+		timer   *time.Timer
+		lastErr error     // why the last attempt failed
+		unknown time.Time // when the last attempt of unknown outcome was sent; zero if none
 	)
 	defer func() {
 		if timer != nil {
 			timer.Stop()
 		}
 	}()
+	// undo removes what an attempt of unknown outcome may have written, and says what it could
+	// not remove.
+	undo := func() error {
+		if unknown.IsZero() {
+			return nil
+		}
+		return l.cleanup(ctx, cfg, req, unknown)
+	}
 	for {
 		if ctx.Err() != nil {
-			var left error
-			if ambiguous {
-				left = l.cleanup(ctx, cfg, req, lastSent)
-			}
+			left := undo()
 			if lastErr == nil || errors.Is(lastErr, ctx.Err()) {
 				return false, errors.Join(l.errorf("acquire", ctx.Err()), left)
 			}
 			return false, errors.Join(l.errorf("acquire", lastErr), ctx.Err(), left)
 		}
-		lastSent = time.Now()
+		sent := time.Now()
 		lease, err := cfg.backend.Acquire(ctx, req)
 		if err == nil {
-			l.hold(cfg, req, lease, lastSent)
+			l.hold(cfg, req, lease, sent)
 			return true, nil
 		}
-		locked := errors.Is(err, ErrLocked)
-		if errors.Is(err, ErrInvalidName) || errors.Is(err, ErrInvalidTTL) {
-			return false, l.errorf("acquire", err) // refused before any write
+		if errors.Is(err, ErrInvalidName) || errors.Is(err, ErrInvalidTTL) || errors.Is(err, ErrRefused) {
+			// Refused without a write, and no retry can help; an earlier attempt may still
+			// have written.
+			return false, errors.Join(l.errorf("acquire", err), undo())
 		}
+		locked := errors.Is(err, ErrLocked)
 		if errors.Is(lastErr, ErrLocked) && errors.Is(err, ctx.Err()) {
 			err = lastErr // keep the reason we were waiting, not the interrupted attempt
 		}
-		lastErr, ambiguous = err, !locked
+		lastErr = err
+		if locked {
+			unknown = time.Time{} // another owner holds it, so no earlier attempt of ours does
+		} else {
+			unknown = sent
+		}
 		if ctx.Err() != nil {
 			continue
 		}
@@ -111,7 +122,7 @@ func (l *Lock) acquire(ctx context.Context, wait bool) (bool, error) {
 			if locked {
 				return false, nil
 			}
-			return false, errors.Join(l.errorf("acquire", err), l.cleanup(ctx, cfg, req, lastSent))
+			return false, errors.Join(l.errorf("acquire", err), undo())
 		}
 		// While the lock is held, wait for the shared watcher, which polls within the retry
 		// bounds and wakes no later than the holder's expiry; after an error, back off.

@@ -11,7 +11,9 @@ import (
 //
 // Every method validates its input with ValidateName and ValidateTTL before any I/O. Expiry is
 // always judged by the backend's clock (the database server's), never by the caller's.
-// Implementations must be safe for concurrent use.
+// Implementations must be safe for concurrent use. An error that no retry can cure (a command
+// the server refuses, a missing permission) wraps ErrRefused; any other error is taken to be
+// transient, and an Acquire that returned one may have been applied.
 type Backend interface {
 	// Acquire makes one attempt to take req.Name for req.Owner. It succeeds when nobody holds
 	// the name, when the holder's lease has expired, or when req.Owner already holds it (a retry

@@ -31,6 +31,12 @@ var (
 	// ErrInvalidTTL means a TTL was not within [MinTTL, MaxTTL].
 	ErrInvalidTTL = errors.New("shylock: invalid TTL")
 
+	// ErrRefused means the backend refused a request in a way that no retry can cure: the
+	// server lacks a command the backend needs, the credentials lack a permission, or the
+	// collection is set up so that it would break a guarantee. Acquire returns it at once
+	// instead of waiting; the message says what to change.
+	ErrRefused = errors.New("shylock: refused by the backend")
+
 	// ErrInvalidOption means an option's value cannot work, for example WithRetry with max < min.
 	ErrInvalidOption = errors.New("shylock: invalid option")
 )

@@ -3,6 +3,7 @@ package shylock_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -67,6 +68,7 @@ func TestConfigure(t *testing.T) {
 type faulty struct {
 	shylock.Backend
 	loseAcquire  atomic.Int32 // acquires that apply but report an error
+	refuse       atomic.Bool  // acquires are refused (ErrRefused) without applying
 	failExtend   atomic.Bool
 	extendCalls  atomic.Int32
 	loseRelease  atomic.Int32 // releases that apply but report an error
@@ -77,6 +79,9 @@ type faulty struct {
 var errTransient = errors.New("connection refused (test fault)")
 
 func (f *faulty) Acquire(ctx context.Context, req shylock.AcquireRequest) (shylock.Lease, error) {
+	if f.refuse.Load() {
+		return shylock.Lease{}, fmt.Errorf("%w: the server does not know this command (test fault)", shylock.ErrRefused)
+	}
 	lease, err := f.Backend.Acquire(ctx, req)
 	if err == nil && f.loseAcquire.Add(-1) >= 0 {
 		return shylock.Lease{}, errTransient
@@ -313,4 +318,53 @@ func TestDoRetriesItsRelease(t *testing.T) {
 	if info, err := m.Inspect(ctx, "x"); err != nil || info.Held {
 		t.Fatalf("Inspect = %+v, %v; Do left the lock taken", info, err)
 	}
+}
+
+// TestRefusedAcquireEndsAtOnce: an error no retry can cure ends a blocking Acquire at once,
+// instead of retrying it for as long as the context lives.
+func TestRefusedAcquireEndsAtOnce(t *testing.T) {
+	f := &faulty{Backend: newMemory(t)}
+	f.refuse.Store(true)
+	l := shylock.New("x", shylock.WithBackend(f), shylock.WithRetry(time.Millisecond, time.Millisecond))
+	actx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	start := time.Now()
+	err := l.Acquire(actx)
+	if !errors.Is(err, shylock.ErrRefused) || errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Acquire = %v; want ErrRefused, at once", err)
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Fatalf("Acquire retried a refused request for %v", d)
+	}
+}
+
+// TestRefusedAfterUnknownOutcome: a refusal says nothing about an earlier attempt whose reply was
+// lost, so what that one may have written is still removed.
+func TestRefusedAfterUnknownOutcome(t *testing.T) {
+	mem := newMemory(t)
+	l := shylock.New("x", shylock.WithBackend(&lostThenRefused{Backend: mem}), shylock.WithTTL(time.Minute),
+		shylock.WithRetry(time.Millisecond, time.Millisecond))
+	err := l.Acquire(ctx)
+	if !errors.Is(err, shylock.ErrRefused) {
+		t.Fatalf("Acquire = %v; want ErrRefused", err)
+	}
+	if info, _ := mem.Inspect(ctx, "x"); info.Held {
+		t.Fatalf("the lock the lost attempt wrote is still held: %+v", info)
+	}
+}
+
+// lostThenRefused applies its first acquire and loses the reply, then refuses every acquire.
+type lostThenRefused struct {
+	shylock.Backend
+	calls atomic.Int32
+}
+
+func (b *lostThenRefused) Acquire(ctx context.Context, req shylock.AcquireRequest) (shylock.Lease, error) {
+	if b.calls.Add(1) > 1 {
+		return shylock.Lease{}, fmt.Errorf("%w: test fault", shylock.ErrRefused)
+	}
+	if _, err := b.Backend.Acquire(ctx, req); err != nil {
+		return shylock.Lease{}, err
+	}
+	return shylock.Lease{}, errTransient
 }

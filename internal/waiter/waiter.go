@@ -5,6 +5,9 @@
 // goroutine for that name and the last one to leave stops it, so the server sees one probe per
 // interval per name, however many goroutines wait.
 //
+// A probe that fails wakes a waiter too, so that waiters never depend on a poller that cannot
+// reach the server: they keep attempting on their own, at most maxPoll apart.
+//
 // A wake-up goes to one waiter, the longest waiting, not to all: only one can win the lock, so
 // waking all would cost one failed attempt per waiter per release. A woken waiter that leaves
 // (it acquired, or gave up) passes the wake-up on to the next, so none is lost.
@@ -164,7 +167,9 @@ func (h *Hub) poll(name string, g *group) {
 		}
 		switch {
 		case err != nil:
-			// Keep backing off; the waiters' own attempts report the error.
+			// The waiters cannot rely on this poller now: let them attempt on their own, at
+			// the pace of its backoff, and report their own errors.
+			h.Notify(name)
 		case !held:
 			h.Notify(name)
 			bo.Reset()

@@ -2,6 +2,7 @@ package waiter
 
 import (
 	"context"
+	"errors"
 	"runtime"
 	"sync/atomic"
 	"testing"
@@ -127,4 +128,23 @@ func TestCloseWakesEveryWaiter(t *testing.T) {
 	}
 	a.Close()
 	b.Close()
+}
+
+// TestFailingProbeWakesWaiters: a probe that keeps failing (for any reason) must not leave the
+// waiters asleep until their context ends; they are woken to attempt on their own, at most
+// maxPoll apart.
+func TestFailingProbeWakesWaiters(t *testing.T) {
+	var calls atomic.Int32
+	h := New(func(context.Context, string) (bool, time.Duration, error) {
+		calls.Add(1)
+		return false, 0, errors.New("server unreachable (test)")
+	})
+	defer h.Close()
+	s := h.Subscribe("x", 5*time.Millisecond, 20*time.Millisecond)
+	defer s.Close()
+	for i := range 5 {
+		if !received(s.C(), time.Second) {
+			t.Fatalf("wake-up %d never came while the probe failed (%d probes)", i, calls.Load())
+		}
+	}
 }
