@@ -16,14 +16,39 @@ import (
 )
 
 // info describes rec as of lo, the low end of the estimate of the server's clock: a lock that
-// may still be live counts as held, and Remaining is an upper bound.
+// may still be live counts as held, and Remaining is an upper bound. A released record has no
+// expiry (its expiresAt says when it was freed, for the TTL index).
 func (rec *record) info(lo time.Time) shylock.Info {
 	in := shylock.Info{Name: rec.Name, Owner: rec.Owner, Label: rec.Label, Token: uint64(rec.Token),
-		AcquiredAt: rec.AcquiredAt, RenewedAt: rec.RenewedAt, ExpiresAt: rec.ExpiresAt}
+		AcquiredAt: rec.AcquiredAt, RenewedAt: rec.RenewedAt}
+	if rec.Owner != "" {
+		in.ExpiresAt = rec.ExpiresAt
+	}
 	if rec.Owner != "" && rec.ExpiresAt.After(lo) {
 		in.Held, in.Remaining = true, rec.ExpiresAt.Sub(lo)
 	}
 	return in
+}
+
+// probe tells a waiter whether name may be taken now, and if not, how long at most until its
+// lease ends and the clock offset has passed.
+func (b *Backend) probe(ctx context.Context, name string) (bool, time.Duration, error) {
+	lo, _, err := b.server.clock.Bounds(ctx)
+	if err != nil {
+		return false, 0, err
+	}
+	var rec record
+	err = b.coll.FindOne(ctx, byName(name)).Decode(&rec)
+	switch {
+	case errors.Is(err, mdb.ErrNoDocuments):
+		return false, 0, nil
+	case err != nil:
+		return false, 0, err
+	}
+	if end := rec.ExpiresAt.Add(b.offset); rec.Owner != "" && end.After(lo) {
+		return true, end.Sub(lo), nil
+	}
+	return false, 0, nil
 }
 
 // Inspect implements shylock.Backend.
@@ -31,17 +56,17 @@ func (b *Backend) Inspect(ctx context.Context, name string) (shylock.Info, error
 	if err := shylock.ValidateName(name); err != nil {
 		return shylock.Info{}, err
 	}
-	lo, _, err := b.server.Bounds(ctx)
+	lo, _, err := b.server.clock.Bounds(ctx)
 	if err != nil {
 		return shylock.Info{}, err
 	}
 	var rec record
-	err = b.coll.FindOne(ctx, bson.D{{Key: "name", Value: name}}).Decode(&rec)
+	err = b.coll.FindOne(ctx, byName(name)).Decode(&rec)
 	switch {
 	case errors.Is(err, mdb.ErrNoDocuments):
 		return shylock.Info{Name: name}, nil
 	case err != nil:
-		return shylock.Info{}, fmt.Errorf("mongo: inspect %q: %w", name, err)
+		return shylock.Info{}, opError("inspect", name, err)
 	}
 	return rec.info(lo), nil
 }
@@ -49,7 +74,7 @@ func (b *Backend) Inspect(ctx context.Context, name string) (shylock.Info, error
 // List implements shylock.Backend. The prefix is matched literally through an anchored,
 // escaped regular expression, which the unique index on name serves as a range scan.
 func (b *Backend) List(ctx context.Context, prefix string) ([]shylock.Info, error) {
-	lo, _, err := b.server.Bounds(ctx)
+	lo, _, err := b.server.clock.Bounds(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -79,20 +104,19 @@ func (b *Backend) ForceRelease(ctx context.Context, name string) (shylock.Info, 
 	if err := shylock.ValidateName(name); err != nil {
 		return shylock.Info{}, err
 	}
-	lo, _, err := b.server.Bounds(ctx)
+	lo, _, err := b.server.clock.Bounds(ctx)
 	if err != nil {
 		return shylock.Info{}, err
 	}
 	var rec record
 	err = b.coll.FindOneAndUpdate(ctx,
 		bson.D{{Key: "name", Value: name}, {Key: "owner", Value: bson.D{{Key: "$ne", Value: ""}}}},
-		bson.D{{Key: "$set", Value: bson.D{{Key: "owner", Value: ""}, {Key: "expiresAt", Value: released}}}},
-	).Decode(&rec)
+		freeUpdate).Decode(&rec)
 	switch {
 	case errors.Is(err, mdb.ErrNoDocuments):
 		return shylock.Info{Name: name}, fmt.Errorf("%w: nobody holds %q", shylock.ErrNotHeld, name)
 	case err != nil:
-		return shylock.Info{}, fmt.Errorf("mongo: force-release %q: %w", name, err)
+		return shylock.Info{}, opError("force-release", name, err)
 	}
 	b.hub.Notify(name)
 	in := rec.info(lo)

@@ -2,7 +2,6 @@ package mongo
 
 import (
 	"context"
-	"errors"
 	"time"
 
 	"go.mongodb.org/mongo-driver/v2/bson"
@@ -29,44 +28,63 @@ func (b *Backend) Subscribe(name string, minPoll, maxPoll time.Duration) shylock
 }
 
 // releases matches the events after which a lock may be free: an update that cleared the owner
-// (Release, ForceRelease) or a deletion (the TTL monitor, an operator).
+// (Release, ForceRelease), the deletion of a record whose name the event carries (on a
+// collection sharded on name), and the end of the collection. The TTL monitor deletes only
+// records nobody has held for the grace period, and a deletion event without a pre-image does
+// not say which name it was, so other deletions wake nobody.
 var releases = mdb.Pipeline{{{Key: "$match", Value: bson.D{{Key: "$or", Value: bson.A{
-	bson.D{{Key: "operationType", Value: "delete"}},
 	bson.D{{Key: "operationType", Value: "update"}, {Key: "updateDescription.updatedFields.owner", Value: ""}},
+	bson.D{{Key: "operationType", Value: "delete"}, {Key: "documentKey.name", Value: bson.D{{Key: "$exists", Value: true}}}},
+	bson.D{{Key: "operationType", Value: bson.D{{Key: "$in", Value: bson.A{"drop", "rename", "dropDatabase", "invalidate"}}}}},
 }}}}}}
-
-// noChangeStreams reports whether err says the server cannot open change streams at all: not
-// implemented (FerretDB), only on replica sets (a standalone mongod), or an unknown stage.
-func noChangeStreams(err error) bool {
-	var cmd mdb.CommandError
-	if !errors.As(err, &cmd) {
-		return false
-	}
-	switch cmd.Code {
-	case 238, 40573, 115, 40324:
-		return true
-	}
-	return false
-}
 
 type event struct {
 	OperationType string `bson:"operationType"`
 	FullDocument  struct {
 		Name string `bson:"name"`
 	} `bson:"fullDocument"`
+	DocumentKey struct {
+		Name string `bson:"name"`
+	} `bson:"documentKey"`
 }
 
-// watch runs the change stream until ctx ends, reopening it after errors from where it left off.
+// noChangeStreams reports whether err says the server cannot open change streams at all: not
+// implemented (FerretDB), only on replica sets (a standalone mongod), or an unknown stage.
+func noChangeStreams(err error) bool {
+	c, ok := code(err)
+	return ok && (c == codeReplicaSetOnly || lacksFeature(err))
+}
+
+// restartable reports whether err ends a stream that cannot be resumed from its last event:
+// the history it would resume from is gone, or the server says the stream cannot go on.
+func restartable(err error) bool {
+	c, ok := code(err)
+	return ok && (c == codeChangeStreamHistoryLost || c == codeChangeStreamFatal)
+}
+
+// watch runs the change stream until ctx ends. It resumes after an error from the last event
+// it saw; after an invalidation (the collection was dropped or renamed) or an error that makes
+// resuming impossible, it starts afresh. It always waits before opening a stream again.
 func (b *Backend) watch(ctx context.Context) {
 	defer close(b.streamDone)
 	bo := backoff.New(100*time.Millisecond, 10*time.Second)
 	var resume bson.Raw
+	sleep := func() bool {
+		t := time.NewTimer(bo.Next())
+		defer t.Stop()
+		select {
+		case <-t.C:
+			return true
+		case <-ctx.Done():
+			return false
+		}
+	}
 	for opened := false; ; {
 		opts := options.ChangeStream().SetFullDocument(options.UpdateLookup)
 		if resume != nil {
 			opts.SetResumeAfter(resume)
 		}
-		cs, err := b.coll.Watch(ctx, releases, opts)
+		cs, err := b.streams.Watch(ctx, releases, opts)
 		switch {
 		case ctx.Err() != nil:
 			if err == nil {
@@ -78,36 +96,59 @@ func (b *Backend) watch(ctx context.Context) {
 				"collection", b.coll.Name(), "err", err)
 			return
 		case err != nil:
+			if restartable(err) {
+				resume = nil
+			}
 			b.log.Warn("shylock/mongo: change stream failed; waiters poll until it reopens",
 				"collection", b.coll.Name(), "err", err)
-			t := time.NewTimer(bo.Next())
-			select {
-			case <-t.C:
-			case <-ctx.Done():
-				t.Stop()
+			if !sleep() {
 				return
 			}
 			continue
 		}
 		opened = true
-		bo.Reset()
 		b.hub.SetPushed(true)
 		b.hub.NotifyAll() // releases may have been missed while no stream was open
-		for cs.Next(ctx) {
-			var ev event
-			if err := cs.Decode(&ev); err != nil || ev.OperationType == "delete" || ev.FullDocument.Name == "" {
-				b.hub.NotifyAll()
-				continue
-			}
-			b.hub.Notify(ev.FullDocument.Name)
-		}
+		ended := b.follow(ctx, cs)
 		resume = cs.ResumeToken()
 		err = cs.Err()
 		_ = cs.Close(context.WithoutCancel(ctx))
 		b.hub.SetPushed(false)
+		if ended || restartable(err) {
+			resume = nil
+		}
 		if ctx.Err() != nil {
 			return
 		}
-		b.log.Warn("shylock/mongo: change stream ended; reopening", "collection", b.coll.Name(), "err", err)
+		b.log.Warn("shylock/mongo: change stream ended; reopening", "collection", b.coll.Name(), "err", err, "afresh", resume == nil)
+		if !sleep() {
+			return
+		}
 	}
+}
+
+// follow passes the events of cs to the waiters until the stream fails or is invalidated (then
+// it reports true: the collection is gone, and a stream must start afresh).
+func (b *Backend) follow(ctx context.Context, cs *mdb.ChangeStream) (invalidated bool) {
+	for cs.Next(ctx) {
+		var ev event
+		if err := cs.Decode(&ev); err != nil {
+			b.hub.NotifyAll()
+			continue
+		}
+		switch ev.OperationType {
+		case "update":
+			if ev.FullDocument.Name == "" { // deleted before the lookup
+				continue
+			}
+			b.hub.Notify(ev.FullDocument.Name)
+		case "delete":
+			b.hub.Notify(ev.DocumentKey.Name)
+		case "invalidate":
+			return true
+		default: // drop, rename, dropDatabase: every lock is gone
+			b.hub.NotifyAll()
+		}
+	}
+	return false
 }

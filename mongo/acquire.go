@@ -1,0 +1,231 @@
+package mongo
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"go.mongodb.org/mongo-driver/v2/bson"
+	mdb "go.mongodb.org/mongo-driver/v2/mongo"
+	"go.mongodb.org/mongo-driver/v2/mongo/options"
+
+	"github.com/shylock-go/shylock"
+)
+
+// record is the stored document.
+type record struct {
+	ID         bson.ObjectID `bson:"_id,omitempty"`
+	Name       string        `bson:"name"`
+	Owner      string        `bson:"owner"`
+	Label      string        `bson:"label"`
+	Token      int64         `bson:"token"`
+	AcquiredAt time.Time     `bson:"acquiredAt"`
+	RenewedAt  time.Time     `bson:"renewedAt"`
+	ExpiresAt  time.Time     `bson:"expiresAt"`
+	CreatedAt  time.Time     `bson:"createdAt"`
+}
+
+// A record's first token is the server's time in microseconds when it was created; later
+// holdings add one. An old record's tokens could only catch up with a new record's first one
+// if the name had been acquired more than once per microsecond of its life.
+func firstToken(serverTime time.Time) int64 { return serverTime.UnixMicro() }
+
+func validate(name string, ttl time.Duration) error {
+	if err := shylock.ValidateName(name); err != nil {
+		return err
+	}
+	return shylock.ValidateTTL(ttl)
+}
+
+// Acquire implements shylock.Backend.
+func (b *Backend) Acquire(ctx context.Context, req shylock.AcquireRequest) (shylock.Lease, error) {
+	if err := validate(req.Name, req.TTL); err != nil {
+		return shylock.Lease{}, err
+	}
+	if req.Owner == "" {
+		return shylock.Lease{}, fmt.Errorf("mongo: acquire %q: empty owner id", req.Name)
+	}
+	if req.TTL <= b.offset {
+		return shylock.Lease{}, fmt.Errorf("%w: %v is not longer than the maximum clock offset %v between the servers, so no holder could trust it; "+
+			"use a longer TTL or set mongo.WithMaxClockOffset", shylock.ErrInvalidTTL, req.TTL, b.offset)
+	}
+	if b.serverNow {
+		return b.acquireServerNow(ctx, req)
+	}
+	return b.acquireEstimated(ctx, req)
+}
+
+func held(name string, rec record) error {
+	return fmt.Errorf("%w: %q is held by %q until %s", shylock.ErrLocked, name, rec.Label, rec.ExpiresAt.UTC().Format(time.RFC3339Nano))
+}
+
+// acquireServerNow takes a free, expired or own lock in one findAndModify whose pipeline reads
+// the server's clock, and reads who holds it from the document it returns.
+func (b *Backend) acquireServerNow(ctx context.Context, req shylock.AcquireRequest) (shylock.Lease, error) {
+	rec, err := b.upsert(ctx, req)
+	if err != nil {
+		return shylock.Lease{}, err
+	}
+	if rec.Owner != req.Owner {
+		return shylock.Lease{}, held(req.Name, rec)
+	}
+	// The server stamped expiresAt after this request was sent, so the lease lasts at least
+	// TTL from the caller's send time, by that server's clock.
+	return shylock.Lease{Token: uint64(rec.Token), ExpiresAt: rec.ExpiresAt, Valid: req.TTL - b.offset}, nil
+}
+
+// upsert sends the server-clock acquire and returns the record as it left it.
+func (b *Backend) upsert(ctx context.Context, req shylock.AcquireRequest) (record, error) {
+	var (
+		rec record
+		err error
+	)
+	for range 3 {
+		rec = record{}
+		err = b.coll.FindOneAndUpdate(ctx, byName(req.Name), acquireUpdate(req.Owner, req.Label, req.TTL, b.offset),
+			options.FindOneAndUpdate().SetUpsert(true).SetReturnDocument(options.After)).Decode(&rec)
+		if !upsertRace(err) {
+			break
+		}
+		// Another client inserted the record first and nothing was applied: look again.
+	}
+	if err != nil {
+		return rec, opError("acquire", req.Name, err)
+	}
+	if rec.Owner == req.Owner && rec.CreatedAt.Equal(rec.AcquiredAt) {
+		// This holding may have created the record, and maybe the collection with it: make
+		// sure the unique index is there, or nothing stops a second record of this name.
+		if err := b.ensureUnique(ctx); err != nil {
+			return rec, b.undoCreation(ctx, req, err)
+		}
+	}
+	return rec, nil
+}
+
+// undoCreation removes a record that an acquire created when the unique index on name could
+// not be ensured (it fails to build while two records of one name exist), and says why.
+func (b *Backend) undoCreation(ctx context.Context, req shylock.AcquireRequest, why error) error {
+	if _, err := b.coll.DeleteOne(ctx, bson.D{{Key: "name", Value: req.Name}, {Key: "owner", Value: req.Owner}}); err != nil {
+		return fmt.Errorf("mongo: acquire %q: the unique index on name is missing and could not be created (%w), "+
+			"and the record this acquire created could not be removed: %w", req.Name, why, err)
+	}
+	return fmt.Errorf("mongo: acquire %q: the unique index on name is missing and could not be created: %w", req.Name, why)
+}
+
+// acquireEstimated serves servers without pipeline updates, judging expiry at the low end of
+// the estimate of the server's clock, so it never takes a lock that may still be live.
+//
+// Such servers (FerretDB among them) may apply an update without re-checking its filter, so two
+// clients could both take one free record. Only inserts under the unique index are atomic
+// there, so a takeover first inserts a claim record for the next token, named
+// "\x00<name>\x00<token>" (no lock name contains NUL): one client wins it, and only that one
+// updates the lock's record. The record itself is never deleted here, so tokens simply count on;
+// only a new name (or one whose record was deleted) starts from the server's clock in
+// microseconds.
+func (b *Backend) acquireEstimated(ctx context.Context, req shylock.AcquireRequest) (shylock.Lease, error) {
+	for range 3 {
+		var cur record
+		err := b.coll.FindOne(ctx, byName(req.Name)).Decode(&cur)
+		lo, hi, berr := b.server.clock.Bounds(ctx)
+		if berr != nil {
+			return shylock.Lease{}, berr
+		}
+		exp := lo.Add(req.TTL).Truncate(time.Millisecond) // BSON dates hold milliseconds
+		valid := exp.Sub(hi) - b.offset                   // ends before the earliest moment others may see it expired
+		now := lo.Add(hi.Sub(lo) / 2)
+		switch {
+		case valid <= 0:
+			return shylock.Lease{}, fmt.Errorf("mongo: acquire %q: the server clock is uncertain by %v, more than the TTL %v less the clock offset %v; use a longer TTL",
+				req.Name, hi.Sub(lo), req.TTL, b.offset)
+		case errors.Is(err, mdb.ErrNoDocuments):
+			tok := firstToken(hi)
+			_, err := b.coll.InsertOne(ctx, bson.D{{Key: "name", Value: req.Name}, {Key: "owner", Value: req.Owner},
+				{Key: "label", Value: req.Label}, {Key: "token", Value: tok}, {Key: "acquiredAt", Value: now},
+				{Key: "renewedAt", Value: now}, {Key: "expiresAt", Value: exp}, {Key: "createdAt", Value: now}})
+			if mdb.IsDuplicateKeyError(err) {
+				continue // another client created it first; look again
+			}
+			if err != nil {
+				return shylock.Lease{}, opError("acquire", req.Name, err)
+			}
+			if err := b.ensureUnique(ctx); err != nil { // see upsert
+				return shylock.Lease{}, b.undoCreation(ctx, req, err)
+			}
+			return shylock.Lease{Token: uint64(tok), ExpiresAt: exp, Valid: valid}, nil
+		case err != nil:
+			return shylock.Lease{}, opError("acquire", req.Name, err)
+		case cur.Owner == req.Owner && cur.ExpiresAt.After(hi):
+			// An earlier attempt of this owner was applied; its reply was lost.
+			return shylock.Lease{Token: uint64(cur.Token), ExpiresAt: cur.ExpiresAt, Valid: cur.ExpiresAt.Sub(hi) - b.offset}, nil
+		case cur.Owner != "" && cur.ExpiresAt.Add(b.offset).After(lo):
+			return shylock.Lease{}, held(req.Name, cur)
+		}
+		next := cur.Token + 1
+		won, err := b.claim(ctx, req, next, lo, exp)
+		if err != nil {
+			return shylock.Lease{}, err
+		}
+		if !won {
+			return shylock.Lease{}, fmt.Errorf("%w: %q is being taken over by another client", shylock.ErrLocked, req.Name)
+		}
+		res, err := b.coll.UpdateOne(ctx, bson.D{{Key: "_id", Value: cur.ID}, {Key: "token", Value: cur.Token}},
+			bson.D{{Key: "$set", Value: bson.D{{Key: "owner", Value: req.Owner}, {Key: "label", Value: req.Label},
+				{Key: "token", Value: next}, {Key: "acquiredAt", Value: now}, {Key: "renewedAt", Value: now},
+				{Key: "expiresAt", Value: exp}}}})
+		if err != nil {
+			return shylock.Lease{}, opError("acquire", req.Name, err)
+		}
+		if res.MatchedCount == 0 {
+			continue // deleted behind our back; look again
+		}
+		if next%sweepEvery == 0 {
+			// Claims below the record's token have served: nobody can use one any more.
+			_, _ = b.coll.DeleteMany(ctx, bson.D{{Key: "name", Value: claimRange(req.Name)}, {Key: "token", Value: bson.D{{Key: "$lt", Value: next}}}})
+		}
+		return shylock.Lease{Token: uint64(next), ExpiresAt: exp, Valid: valid}, nil
+	}
+	return shylock.Lease{}, fmt.Errorf("%w: %q (it changed hands during the attempt)", shylock.ErrLocked, req.Name)
+}
+
+func claimName(name string, token int64) string {
+	return "\x00" + name + "\x00" + strconv.FormatInt(token, 10)
+}
+
+// claimRange matches the names of every claim of the lock name.
+func claimRange(name string) bson.D {
+	return bson.D{{Key: "$gt", Value: "\x00" + name + "\x00"}, {Key: "$lt", Value: "\x00" + name + "\x01"}}
+}
+
+// sweepEvery is how many takeovers of a name pass between deletions of its spent claims: one
+// DeleteMany now and then costs less than a DeleteOne per takeover.
+const sweepEvery = 16
+
+// claim inserts the claim for token next of req.Name and reports whether this client won it. A
+// claim left by a client that died before using it expires with the lease it was for.
+func (b *Backend) claim(ctx context.Context, req shylock.AcquireRequest, next int64, lo, exp time.Time) (bool, error) {
+	name := claimName(req.Name, next)
+	for range 2 {
+		_, err := b.coll.InsertOne(ctx, bson.D{{Key: "name", Value: name}, {Key: "owner", Value: req.Owner},
+			{Key: "token", Value: next}, {Key: "expiresAt", Value: exp}})
+		if err == nil {
+			return true, nil
+		}
+		if !mdb.IsDuplicateKeyError(err) {
+			return false, opError("acquire", req.Name, err)
+		}
+		var c record
+		if err := b.coll.FindOne(ctx, byName(name)).Decode(&c); err != nil {
+			continue // gone already: try again
+		}
+		if c.Owner == req.Owner {
+			return true, nil // our own earlier attempt
+		}
+		if c.ExpiresAt.Add(b.offset).After(lo) {
+			return false, nil // another client is taking over
+		}
+		_, _ = b.coll.DeleteOne(ctx, bson.D{{Key: "_id", Value: c.ID}, {Key: "owner", Value: c.Owner}})
+	}
+	return false, nil
+}

@@ -1,0 +1,91 @@
+package mongo
+
+import (
+	"time"
+
+	"go.mongodb.org/mongo-driver/v2/bson"
+	mdb "go.mongodb.org/mongo-driver/v2/mongo"
+)
+
+// The command documents of the server-clock path. MongoDB refuses $expr in the filter of an
+// upsert (QueryFeatureNotAllowed, 224), so an acquire filters on the name alone and decides in
+// its update pipeline, where $$NOW is the server's clock; the document it returns says who
+// holds the lock. Every value that comes from a caller is wrapped in $literal: in a pipeline a
+// string starting with "$" would otherwise be read as a field path or variable.
+
+func lit(v any) bson.D { return bson.D{{Key: "$literal", Value: v}} }
+
+// state is a field that lives only inside one acquire's pipeline: "mine" when the record
+// already belongs to the requesting owner (an earlier attempt whose reply was lost), "take"
+// when it is free or expired by more than the clock offset, "held" otherwise.
+const state = "_shylockState"
+
+func byName(name string) bson.D { return bson.D{{Key: "name", Value: name}} }
+
+// acquireUpdate is the pipeline of an acquire by owner for ttl. A new record arrives as
+// {_id, name} and is taken; its token starts from the server's time in microseconds, and each
+// later holding takes the greater of that and the last token plus one. createdAt, set once,
+// equals acquiredAt only in the holding that created the record.
+func acquireUpdate(owner, label string, ttl, offset time.Duration) mdb.Pipeline {
+	is := func(s string) bson.D { return bson.D{{Key: "$eq", Value: bson.A{"$" + state, s}}} }
+	keepIfHeld := func(field string, v any) bson.D {
+		return bson.D{{Key: "$cond", Value: bson.A{is("held"), "$" + field, v}}}
+	}
+	free := bson.D{{Key: "$eq", Value: bson.A{bson.D{{Key: "$ifNull", Value: bson.A{"$owner", ""}}}, ""}}}
+	expired := bson.D{{Key: "$lt", Value: bson.A{
+		bson.D{{Key: "$add", Value: bson.A{"$expiresAt", offset.Milliseconds()}}}, "$$NOW"}}}
+	nextToken := bson.D{{Key: "$max", Value: bson.A{
+		bson.D{{Key: "$add", Value: bson.A{bson.D{{Key: "$ifNull", Value: bson.A{"$token", int64(0)}}}, int64(1)}}},
+		bson.D{{Key: "$multiply", Value: bson.A{bson.D{{Key: "$toLong", Value: "$$NOW"}}, int64(1000)}}},
+	}}}
+	return mdb.Pipeline{
+		{{Key: "$set", Value: bson.D{{Key: state, Value: bson.D{{Key: "$switch", Value: bson.D{
+			{Key: "branches", Value: bson.A{
+				bson.D{{Key: "case", Value: bson.D{{Key: "$eq", Value: bson.A{"$owner", lit(owner)}}}}, {Key: "then", Value: "mine"}},
+				bson.D{{Key: "case", Value: bson.D{{Key: "$or", Value: bson.A{free, expired}}}}, {Key: "then", Value: "take"}},
+			}},
+			{Key: "default", Value: "held"},
+		}}}}}}},
+		{{Key: "$set", Value: bson.D{
+			{Key: "owner", Value: keepIfHeld("owner", lit(owner))},
+			{Key: "label", Value: keepIfHeld("label", lit(label))},
+			{Key: "token", Value: bson.D{{Key: "$cond", Value: bson.A{is("take"), nextToken, "$token"}}}},
+			{Key: "acquiredAt", Value: bson.D{{Key: "$cond", Value: bson.A{is("take"), "$$NOW", "$acquiredAt"}}}},
+			{Key: "renewedAt", Value: keepIfHeld("renewedAt", "$$NOW")},
+			{Key: "expiresAt", Value: keepIfHeld("expiresAt", bson.D{{Key: "$add", Value: bson.A{"$$NOW", ttl.Milliseconds()}}})},
+			{Key: "createdAt", Value: bson.D{{Key: "$ifNull", Value: bson.A{"$createdAt", "$$NOW"}}}},
+		}}},
+		{{Key: "$unset", Value: state}},
+	}
+}
+
+// extendFilter matches the holding (name, owner, token) while its lease runs by the server's
+// clock. $expr is allowed here: this update never inserts.
+func extendFilter(name, owner string, token uint64) bson.D {
+	return bson.D{{Key: "name", Value: name}, {Key: "owner", Value: owner}, {Key: "token", Value: int64(token)},
+		{Key: "$expr", Value: bson.D{{Key: "$gt", Value: bson.A{"$expiresAt", "$$NOW"}}}}}
+}
+
+func extendUpdate(ttl time.Duration) mdb.Pipeline {
+	return mdb.Pipeline{{{Key: "$set", Value: bson.D{
+		{Key: "renewedAt", Value: "$$NOW"},
+		{Key: "expiresAt", Value: bson.D{{Key: "$add", Value: bson.A{"$$NOW", ttl.Milliseconds()}}}},
+	}}}}
+}
+
+// releaseFilter matches the holding of owner; token 0 matches any of its holdings.
+func releaseFilter(name, owner string, token uint64) bson.D {
+	f := bson.D{{Key: "name", Value: name}, {Key: "owner", Value: owner}}
+	if token != 0 {
+		f = append(f, bson.E{Key: "token", Value: int64(token)})
+	}
+	return f
+}
+
+// freeUpdate frees a record and stamps when, by the server's clock: the TTL index deletes the
+// record a grace period later, and until then its token carries the name's sequence on. Every
+// server takes this shape, so both paths and ForceRelease use it.
+var freeUpdate = bson.D{
+	{Key: "$set", Value: bson.D{{Key: "owner", Value: ""}}},
+	{Key: "$currentDate", Value: bson.D{{Key: "expiresAt", Value: true}}},
+}

@@ -1,0 +1,109 @@
+package mongo
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	mdb "go.mongodb.org/mongo-driver/v2/mongo"
+
+	"github.com/shylock-go/shylock"
+)
+
+// Server error codes the backend acts on, from MongoDB's error_codes.yml.
+const (
+	codeInternalError           = 1
+	codeBadValue                = 2
+	codeFailedToParse           = 9
+	codeUnauthorized            = 13
+	codeTypeMismatch            = 14
+	codeAuthenticationFailed    = 18
+	codeCommandNotFound         = 59
+	codeShardKeyNotFound        = 61
+	codeInvalidOptions          = 72
+	codeIllegalOperation        = 20
+	codeCommandNotSupported     = 115
+	codeInvalidPipelineOperator = 168
+	codeQueryFeatureNotAllowed  = 224
+	codeNotImplemented          = 238
+	codeChangeStreamFatal       = 280
+	codeChangeStreamHistoryLost = 286
+	codeUndefinedVariable       = 17276
+	codeUnrecognizedStage       = 40324
+	codeReplicaSetOnly          = 40573
+)
+
+// code returns the error code the server gave for the command itself: a command error or the
+// write error of a single write. A write concern error does not count: the write it reports
+// may have been applied.
+func code(err error) (int, bool) {
+	var cmd mdb.CommandError
+	if errors.As(err, &cmd) && cmd.Code != 0 {
+		return int(cmd.Code), true
+	}
+	var we mdb.WriteException
+	if errors.As(err, &we) && len(we.WriteErrors) > 0 {
+		return we.WriteErrors[0].Code, true
+	}
+	return 0, false
+}
+
+// refusal reports whether err is an answer no retry changes: the server does not support the
+// command or a part of it, or the credentials do not allow it. Anything else (a dropped
+// connection, NotWritablePrimary during a failover, a timeout) may pass.
+func refusal(err error) bool {
+	c, ok := code(err)
+	if !ok {
+		return false
+	}
+	switch c {
+	case codeUnauthorized, codeAuthenticationFailed, codeQueryFeatureNotAllowed, codeShardKeyNotFound,
+		codeInvalidOptions, codeIllegalOperation:
+		return true
+	}
+	return lacksFeature(err)
+}
+
+// lacksFeature reports whether err says that the server lacks a command or operator: pipeline
+// updates, $$NOW, TTL indexes, change streams. Servers older than MongoDB 4.2 refuse an update
+// given as an array (FailedToParse, TypeMismatch), 4.0 does not know $$NOW (UndefinedVariable),
+// FerretDB answers NotImplemented.
+func lacksFeature(err error) bool {
+	c, ok := code(err)
+	if !ok {
+		return false
+	}
+	switch c {
+	case codeFailedToParse, codeTypeMismatch, codeCommandNotFound, codeCommandNotSupported,
+		codeInvalidPipelineOperator, codeNotImplemented, codeUndefinedVariable, codeUnrecognizedStage:
+		return true
+	}
+	return false
+}
+
+// upsertRace reports whether err says that a concurrent upsert of the same name inserted first,
+// so that trying again finds its record. MongoDB retries such upserts itself since 4.2 and
+// rarely answers E11000; FerretDB over PostgreSQL (DocumentDB) answers an exclusion-constraint
+// violation or a deadlock instead. None of them applied anything.
+func upsertRace(err error) bool {
+	if mdb.IsDuplicateKeyError(err) {
+		return true
+	}
+	var se mdb.ServerError
+	return errors.As(err, &se) && (se.HasErrorMessage("conflicting key value violates exclusion constraint") ||
+		se.HasErrorMessage("deadlock detected"))
+}
+
+// opError describes a failed operation on name, marking the failures no retry can cure.
+func opError(op, name string, err error) error {
+	if refusal(err) {
+		return fmt.Errorf("mongo: %s %q: %w: %w", op, name, shylock.ErrRefused, err)
+	}
+	return fmt.Errorf("mongo: %s %q: %w", op, name, err)
+}
+
+// hasMessage reports whether err, a server's error, contains text.
+func hasMessage(err error, text string) bool {
+	var se mdb.ServerError
+	return errors.As(err, &se) && se.HasErrorMessage(text) || err != nil && strings.Contains(err.Error(), text)
+}
