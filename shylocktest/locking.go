@@ -1,6 +1,7 @@
 package shylocktest
 
 import (
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -51,6 +52,41 @@ func testMutualExclusion(t *testing.T, s *suite) {
 	for i := 1; i < len(tokens); i++ {
 		if tokens[i] <= tokens[i-1] {
 			t.Fatalf("holding %d got token %d after token %d; tokens must strictly increase", i, tokens[i], tokens[i-1])
+		}
+	}
+}
+
+// testTryAcquireRace has goroutines race TryAcquire on names nobody has used yet, so that their
+// first attempts meet while the record is being created. Exactly one wins each name; every
+// other one must be told (false, nil), not an error: a blocking Acquire would hide such errors
+// behind its retries.
+func testTryAcquireRace(t *testing.T, s *suite) {
+	const names, racers = 5, 8
+	for n := range names {
+		name := fmt.Sprintf("fresh-%d", n)
+		var (
+			wins  atomic.Int32
+			wg    sync.WaitGroup
+			start = make(chan struct{})
+		)
+		for r := range racers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				<-start
+				ok, err := s.lock(name, shylock.WithTTL(time.Minute)).TryAcquire(s.ctx)
+				if err != nil {
+					t.Errorf("%s: racer %d: TryAcquire = %v, %v; a loser must get false, nil", name, r, ok, err)
+				}
+				if ok {
+					wins.Add(1)
+				}
+			}()
+		}
+		close(start)
+		wg.Wait()
+		if w := wins.Load(); w != 1 {
+			t.Errorf("%s: %d of %d racers acquired a fresh name; want exactly 1", name, w, racers)
 		}
 	}
 }

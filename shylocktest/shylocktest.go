@@ -37,6 +37,7 @@ type test struct {
 
 var tests = []test{
 	{"MutualExclusion", testMutualExclusion},
+	{"TryAcquireRace", testTryAcquireRace},
 	{"TryAcquireWhileHeld", testTryAcquireWhileHeld},
 	{"TakeoverAfterExpiry", testTakeoverAfterExpiry},
 	{"OwnerOnlyReleaseAndExtend", testOwnerOnly},
