@@ -6,13 +6,16 @@ import (
 	"encoding/hex"
 	"errors"
 	"log/slog"
+	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"go.mongodb.org/mongo-driver/v2/bson"
 	mdb "go.mongodb.org/mongo-driver/v2/mongo"
+	"go.mongodb.org/mongo-driver/v2/mongo/options"
 
 	"github.com/shylock-go/shylock"
 	"github.com/shylock-go/shylock/mongo"
@@ -247,4 +250,199 @@ func TestMongoSpentClaimsAreSwept(t *testing.T) {
 		t.Fatalf("%d claim records after %d holdings; spent claims are not being deleted", claims, holdings)
 	}
 	t.Logf("%d claim records after %d holdings", claims, holdings)
+}
+
+// TestMongoServerClockPath: the backend judges expiry with the server's clock wherever the
+// server has pipeline updates. The embedded FerretDB has none; MongoDB 4.4 and later (and the
+// pipeline-capable FerretDB over PostgreSQL) have them, so a server named by SHYLOCK_MONGO_URI
+// must take the server-clock path unless SHYLOCK_MONGO_SERVER_CLOCK=0 says it lacks it.
+func TestMongoServerClockPath(t *testing.T) {
+	b := newMongo(t, collection(t))
+	want := os.Getenv("SHYLOCK_MONGO_URI") != "" && os.Getenv("SHYLOCK_MONGO_SERVER_CLOCK") != "0"
+	if b.ServerClock() != want {
+		t.Fatalf("%s: ServerClock() = %v, want %v", mongoServer, b.ServerClock(), want)
+	}
+	var hello struct {
+		SetName string `bson:"setName"`
+		Msg     string `bson:"msg"`
+	}
+	if err := client.Database("admin").RunCommand(t.Context(), bson.D{{Key: "hello", Value: 1}}).Decode(&hello); err != nil {
+		t.Fatal(err)
+	}
+	wantOffset := time.Duration(0)
+	if hello.SetName != "" || hello.Msg == "isdbgrid" {
+		wantOffset = mongo.DefaultMaxClockOffset
+	}
+	if b.MaxClockOffset() != wantOffset {
+		t.Fatalf("%s (set %q, msg %q): MaxClockOffset() = %v, want %v", mongoServer, hello.SetName, hello.Msg, b.MaxClockOffset(), wantOffset)
+	}
+}
+
+// TestMongoMaxClockOffset: where several servers stamp times, a takeover waits until the lease
+// has been expired for longer than the allowed offset, and the holder trusts its lease for the
+// TTL less the offset.
+func TestMongoMaxClockOffset(t *testing.T) {
+	ctx := context.Background()
+	coll := collection(t)
+	const offset, ttl = 700 * time.Millisecond, time.Second
+	a := newMongo(t, coll, mongo.WithMaxClockOffset(offset))
+	b := newMongo(t, coll, mongo.WithMaxClockOffset(offset))
+	_, err := shylock.New("short", shylock.WithBackend(a), shylock.WithTTL(offset)).TryAcquire(ctx)
+	if !errors.Is(err, shylock.ErrInvalidTTL) {
+		t.Fatalf("TryAcquire with a TTL no longer than the offset: %v; want ErrInvalidTTL", err)
+	}
+	if info, _ := a.Inspect(ctx, "short"); info.Token != 0 {
+		t.Fatalf("the refused acquire wrote %+v", info)
+	}
+
+	start := time.Now()
+	holder := shylock.New("x", shylock.WithBackend(a), shylock.WithTTL(ttl), shylock.WithLogger(slog.New(slog.DiscardHandler)))
+	if ok, err := holder.TryAcquire(ctx); !ok || err != nil {
+		t.Fatalf("TryAcquire = %v, %v", ok, err)
+	}
+	time.Sleep(time.Until(start.Add(ttl - offset + 100*time.Millisecond)))
+	if holder.Held() {
+		t.Fatalf("the holder trusts its lease %v after acquiring it; the TTL less the offset is %v", time.Since(start), ttl-offset)
+	}
+	time.Sleep(time.Until(start.Add(ttl + offset/2)))
+	taker := shylock.New("x", shylock.WithBackend(b), shylock.WithRetry(10*time.Millisecond, 50*time.Millisecond))
+	if ok, err := taker.TryAcquire(ctx); ok || err != nil {
+		t.Fatalf("TryAcquire %v after a %v lease began = %v, %v; it expired less than the offset %v ago",
+			time.Since(start), ttl, ok, err, offset)
+	}
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := taker.Acquire(wctx); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d < ttl+offset {
+		t.Fatalf("taken over %v after the lease began; want no sooner than TTL + offset = %v", d, ttl+offset)
+	}
+	if taker.Token() <= holder.Token() {
+		t.Fatalf("takeover token %d not above %d", taker.Token(), holder.Token())
+	}
+}
+
+// TestMongoGracePeriod: a release keeps the record, marked free when it was freed, so that the
+// TTL index deletes it only a grace period later and its token goes on meanwhile; New sets the
+// TTL index to the grace period, changing its own index in place and refusing another's.
+func TestMongoGracePeriod(t *testing.T) {
+	ctx := context.Background()
+	coll := collection(t)
+	b := newMongo(t, coll)
+	l := shylock.New("kept", shylock.WithBackend(b))
+	if ok, err := l.TryAcquire(ctx); !ok || err != nil {
+		t.Fatalf("TryAcquire = %v, %v", ok, err)
+	}
+	token := l.Token()
+	if err := l.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var rec struct {
+		Owner      string    `bson:"owner"`
+		Token      int64     `bson:"token"`
+		AcquiredAt time.Time `bson:"acquiredAt"`
+		ExpiresAt  time.Time `bson:"expiresAt"`
+	}
+	if err := coll.FindOne(ctx, bson.D{{Key: "name", Value: "kept"}}).Decode(&rec); err != nil {
+		t.Fatalf("the released record is gone: %v", err)
+	}
+	if rec.Owner != "" || rec.ExpiresAt.Before(rec.AcquiredAt) || uint64(rec.Token) != token {
+		t.Fatalf("released record %+v: want it free, stamped when it was freed (not before it was taken), token %d", rec, token)
+	}
+	if info, _ := b.Inspect(ctx, "kept"); info.Held || !info.ExpiresAt.IsZero() || info.Token != token {
+		t.Fatalf("Inspect of a released lock: %+v; want free, no expiry, the last token", info)
+	}
+
+	ttlSeconds := func() (int64, bool) {
+		cur, err := coll.Indexes().List(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var all []bson.M
+		if err := cur.All(ctx, &all); err != nil {
+			t.Fatal(err)
+		}
+		for _, ix := range all {
+			if ix["name"] == mongo.TTLIndex {
+				s, _ := ix["expireAfterSeconds"].(int32)
+				return int64(s), true
+			}
+		}
+		return 0, false
+	}
+	s, ok := ttlSeconds()
+	if !ok {
+		t.Skipf("%s has no TTL index (the backend said so at debug level); nothing more to check", mongoServer)
+	}
+	if s != int64(mongo.DefaultGracePeriod/time.Second) {
+		t.Fatalf("TTL index expireAfterSeconds = %d, want the default grace period %v", s, mongo.DefaultGracePeriod)
+	}
+	newMongo(t, coll, mongo.WithGracePeriod(2*time.Hour))
+	if s, _ := ttlSeconds(); s != 7200 {
+		t.Fatalf("after New with a 2h grace period, expireAfterSeconds = %d, want 7200", s)
+	}
+
+	other := collection(t)
+	if _, err := other.Indexes().CreateOne(ctx, mdb.IndexModel{Keys: bson.D{{Key: "expiresAt", Value: 1}},
+		Options: options.Index().SetExpireAfterSeconds(0).SetName("theirs")}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := mongo.New(ctx, other); err == nil || !strings.Contains(err.Error(), "theirs") {
+		t.Fatalf("New on a collection whose own TTL index deletes records at expiry: %v; want a refusal naming it", err)
+	}
+}
+
+// TestMongoDroppedCollection: an acquire after the collection was dropped under running
+// backends re-creates it (upserts do) without indexes; the acquire that creates a record must
+// restore the unique index, so that racing backends never leave two records of one name.
+func TestMongoDroppedCollection(t *testing.T) {
+	ctx := context.Background()
+	coll := collection(t)
+	backends := []*mongo.Backend{newMongo(t, coll), newMongo(t, coll)}
+	if err := coll.Drop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var (
+		wins atomic.Int32
+		wg   sync.WaitGroup
+	)
+	for i := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			l := shylock.New("after-drop", shylock.WithBackend(backends[i%2]), shylock.WithLogger(slog.New(slog.DiscardHandler)))
+			if ok, err := l.TryAcquire(ctx); ok {
+				wins.Add(1)
+			} else if err != nil {
+				t.Logf("racer %d gave up: %v", i, err) // its record met another when the index was built
+			}
+		}()
+	}
+	wg.Wait()
+	n, err := coll.CountDocuments(ctx, bson.D{{Key: "name", Value: "after-drop"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := wins.Load()
+	if w > 1 || n != int64(w) {
+		t.Fatalf("%d racers acquired, %d records of the name; want at most one of each, and as many records as holders", w, n)
+	}
+	if w == 0 { // every racer found another's record when it built the index, and gave up
+		l := shylock.New("after-drop", shylock.WithBackend(backends[0]))
+		if ok, err := l.TryAcquire(ctx); !ok || err != nil {
+			t.Fatalf("TryAcquire after the race = %v, %v", ok, err)
+		}
+	}
+	specs, err := coll.Indexes().ListSpecifications(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	unique := false
+	for _, s := range specs {
+		unique = unique || s.Name == mongo.NameIndex && s.Unique != nil && *s.Unique
+	}
+	if !unique {
+		t.Fatalf("indexes after acquiring in a dropped collection: %+v; the unique index on name was not restored", specs)
+	}
 }

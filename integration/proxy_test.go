@@ -22,13 +22,15 @@ import (
 // through and then drops the server's reply and the connection: the write is applied but the
 // client cannot know it, an ambiguous write.
 type replyDropper struct {
-	ln      net.Listener
-	target  string
-	drop    atomic.Int32 // write replies still to drop
-	dropped atomic.Int32
-	wg      sync.WaitGroup
-	mu      sync.Mutex
-	conns   []net.Conn
+	ln           net.Listener
+	target       string
+	drop         atomic.Int32 // write replies still to drop
+	dropped      atomic.Int32
+	noHello      atomic.Bool  // answer hello outside the admin database as a server before 4.4.2 does
+	helloRefused atomic.Int32 // hellos so answered
+	wg           sync.WaitGroup
+	mu           sync.Mutex
+	conns        []net.Conn
 }
 
 func startReplyDropper(t *testing.T, target string) *replyDropper {
@@ -85,6 +87,13 @@ func (p *replyDropper) relay(client, server net.Conn) {
 		if err != nil {
 			return
 		}
+		if p.noHello.Load() && isUserHello(req) {
+			p.helloRefused.Add(1)
+			if _, err := client.Write(commandNotFound(req)); err != nil {
+				return
+			}
+			continue
+		}
 		if _, err := server.Write(req); err != nil {
 			return
 		}
@@ -117,17 +126,23 @@ func readMessage(r io.Reader) ([]byte, error) {
 	return msg, err
 }
 
-// isWrite reports whether msg is an OP_MSG whose command writes.
-func isWrite(msg []byte) bool {
-	const opMsg = 2013
-	if len(msg) < 21 || binary.LittleEndian.Uint32(msg[12:16]) != opMsg || msg[20] != 0 {
-		return false
+const opMsg = 2013
+
+// command returns the command document of an OP_MSG, or nil.
+func command(msg []byte) bson.Raw {
+	if len(msg) < 25 || binary.LittleEndian.Uint32(msg[12:16]) != opMsg || msg[20] != 0 {
+		return nil
 	}
 	n := int(binary.LittleEndian.Uint32(msg[21:25]))
 	if 21+n > len(msg) {
-		return false
+		return nil
 	}
-	elems, err := bson.Raw(msg[21 : 21+n]).Elements()
+	return bson.Raw(msg[21 : 21+n])
+}
+
+// isWrite reports whether msg is an OP_MSG whose command writes.
+func isWrite(msg []byte) bool {
+	elems, err := command(msg).Elements()
 	if err != nil || len(elems) == 0 {
 		return false
 	}
@@ -136,6 +151,27 @@ func isWrite(msg []byte) bool {
 		return true
 	}
 	return false
+}
+
+// isUserHello reports whether msg is a hello sent to a database other than admin: the library's,
+// not the driver's own monitoring.
+func isUserHello(msg []byte) bool {
+	cmd := command(msg)
+	elems, err := cmd.Elements()
+	db, _ := cmd.Lookup("$db").StringValueOK()
+	return err == nil && len(elems) > 0 && elems[0].Key() == "hello" && db != "admin"
+}
+
+// commandNotFound is the reply of a server that does not know the command of req.
+func commandNotFound(req []byte) []byte {
+	body, _ := bson.Marshal(bson.D{{Key: "ok", Value: 0.0}, {Key: "errmsg", Value: "no such command: 'hello'"},
+		{Key: "code", Value: int32(59)}, {Key: "codeName", Value: "CommandNotFound"}})
+	msg := make([]byte, 21, 21+len(body))
+	binary.LittleEndian.PutUint32(msg[0:4], uint32(21+len(body)))
+	binary.LittleEndian.PutUint32(msg[4:8], 1)                                     // requestID
+	binary.LittleEndian.PutUint32(msg[8:12], binary.LittleEndian.Uint32(req[4:8])) // responseTo
+	binary.LittleEndian.PutUint32(msg[12:16], opMsg)
+	return append(msg, body...) // flag bits 0, then a body section (kind 0)
 }
 
 // TestMongoAmbiguousWrites drops the reply to an acquire's write after the server applied it.
@@ -198,4 +234,29 @@ func mongoURIHost(t *testing.T) string {
 		t.Skipf("the ambiguous-write test needs a single host:port in the server URI: %v", err)
 	}
 	return cs
+}
+
+// TestMongoBeforeHello: servers before MongoDB 4.4.2 answer hello with CommandNotFound; the
+// backend must ask isMaster instead, for the topology and for its estimate of the server's clock.
+func TestMongoBeforeHello(t *testing.T) {
+	ctx := context.Background()
+	proxy := startReplyDropper(t, mongoURIHost(t))
+	proxy.noHello.Store(true)
+	proxied, err := mdb.Connect(options.Client().ApplyURI("mongodb://" + proxy.ln.Addr().String() + "/"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = proxied.Disconnect(context.Background()) })
+	coll := collection(t)
+	b := newMongo(t, proxied.Database(coll.Database().Name()).Collection(coll.Name()))
+	l := shylock.New("old-server", shylock.WithBackend(b))
+	if ok, err := l.TryAcquire(ctx); !ok || err != nil {
+		t.Fatalf("TryAcquire = %v, %v", ok, err)
+	}
+	if info, err := b.Inspect(ctx, "old-server"); err != nil || !info.Held {
+		t.Fatalf("Inspect = %+v, %v", info, err)
+	}
+	if n := proxy.helloRefused.Load(); n != 1 {
+		t.Fatalf("%d hellos refused; want exactly one, after which the backend asks isMaster", n)
+	}
 }

@@ -3,7 +3,6 @@ package mongo
 import (
 	"errors"
 	"fmt"
-	"strings"
 
 	mdb "go.mongodb.org/mongo-driver/v2/mongo"
 
@@ -12,8 +11,6 @@ import (
 
 // Server error codes the backend acts on, from MongoDB's error_codes.yml.
 const (
-	codeInternalError           = 1
-	codeBadValue                = 2
 	codeFailedToParse           = 9
 	codeUnauthorized            = 13
 	codeTypeMismatch            = 14
@@ -100,10 +97,4 @@ func opError(op, name string, err error) error {
 		return fmt.Errorf("mongo: %s %q: %w: %w", op, name, shylock.ErrRefused, err)
 	}
 	return fmt.Errorf("mongo: %s %q: %w", op, name, err)
-}
-
-// hasMessage reports whether err, a server's error, contains text.
-func hasMessage(err error, text string) bool {
-	var se mdb.ServerError
-	return errors.As(err, &se) && se.HasErrorMessage(text) || err != nil && strings.Contains(err.Error(), text)
 }

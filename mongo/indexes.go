@@ -2,6 +2,7 @@ package mongo
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -54,31 +55,36 @@ func (b *Backend) checkIndexes(ctx context.Context) (indexState, error) {
 		return st, fmt.Errorf("mongo: listing the indexes of %s: %w", b.coll.Name(), err)
 	}
 	for _, ix := range all {
-		refuse := func(why string) error {
-			return fmt.Errorf("mongo: collection %s has index %q %s; drop it or use another collection", b.coll.Name(), ix.Name, why)
-		}
-		key := keyOf(ix.Key)
-		switch {
-		case key == "name" && !ix.Unique:
-			return st, refuse("on name that is not unique")
-		case key == "name" && ix.Partial != nil:
-			return st, refuse("on name that is partial, so it lets two records of one name in")
-		case key == "name" && ix.Collation.Locale != "" && ix.Collation.Locale != "simple":
-			return st, refuse("on name with a collation, which lock queries cannot use")
-		case key == "name" && ix.Hidden:
-			return st, refuse("on name that is hidden (unhide it with collMod, or drop it)")
-		case key == "name":
-			st.unique = true
-		case ix.Name == NameIndex:
-			return st, refuse("on other keys than name")
-		case key == "expiresAt" && ix.ExpireAfter != nil:
-			st.ttlName, st.ttlHave = ix.Name, *ix.ExpireAfter
-			st.ttl = st.ttlHave == st.ttlWant
-		case ix.Name == TTLIndex:
-			return st, refuse("that is not a TTL index on expiresAt")
+		if err := st.add(ix); err != nil {
+			return st, fmt.Errorf("mongo: collection %s has index %q %w; drop it or use another collection", b.coll.Name(), ix.Name, err)
 		}
 	}
 	return st, nil
+}
+
+// add takes in one index, or says why it cannot stay.
+func (st *indexState) add(ix index) error {
+	key := keyOf(ix.Key)
+	switch {
+	case key == "name" && !ix.Unique:
+		return errors.New("on name that is not unique")
+	case key == "name" && ix.Partial != nil:
+		return errors.New("on name that is partial, so it lets two records of one name in")
+	case key == "name" && ix.Collation.Locale != "" && ix.Collation.Locale != "simple":
+		return errors.New("on name with a collation, which lock queries do not use")
+	case key == "name" && ix.Hidden:
+		return errors.New("on name that is hidden (unhide it with collMod, or drop it)")
+	case key == "name":
+		st.unique = true
+	case ix.Name == NameIndex:
+		return errors.New("on other keys than name")
+	case key == "expiresAt" && ix.ExpireAfter != nil:
+		st.ttlName, st.ttlHave = ix.Name, *ix.ExpireAfter
+		st.ttl = st.ttlHave == st.ttlWant
+	case ix.Name == TTLIndex:
+		return errors.New("that is not a TTL index on expiresAt")
+	}
+	return nil
 }
 
 // ensureIndexes creates what checkIndexes finds missing, each index on its own: a server that

@@ -1,12 +1,15 @@
 package mongo
 
 import (
+	"context"
 	"errors"
 	"strings"
 	"testing"
 	"time"
 
 	"go.mongodb.org/mongo-driver/v2/bson"
+	mdb "go.mongodb.org/mongo-driver/v2/mongo"
+	"go.mongodb.org/mongo-driver/v2/mongo/options"
 
 	"github.com/shylock-go/shylock"
 )
@@ -45,8 +48,8 @@ func TestInfoIsConservative(t *testing.T) {
 		t.Fatalf("a lease ending at the low end of the estimate is held: %+v", in)
 	}
 	rec.Owner = ""
-	if in := rec.info(lo); in.Held {
-		t.Fatalf("a released record is held: %+v", in)
+	if in := rec.info(lo); in.Held || !in.ExpiresAt.IsZero() {
+		t.Fatalf("a released record is held, or has an expiry: %+v", in)
 	}
 }
 
@@ -98,5 +101,185 @@ func TestRefusesBadInputBeforeIO(t *testing.T) {
 	}
 	if _, err := b.ForceRelease(ctx, "\xff"); !errors.Is(err, shylock.ErrInvalidName) {
 		t.Fatalf("ForceRelease of invalid UTF-8: %v", err)
+	}
+}
+
+func TestErrorClassification(t *testing.T) {
+	cmd := func(code int32, msg string) error { return mdb.CommandError{Code: code, Message: msg} }
+	write := func(code int) error {
+		return mdb.WriteException{WriteErrors: mdb.WriteErrors{{Code: code, Message: "write error"}}}
+	}
+	wcOnly := mdb.WriteException{WriteConcernError: &mdb.WriteConcernError{Code: 100, Message: "unsatisfiable"}}
+	for _, c := range []struct {
+		what                     string
+		err                      error
+		refused, lacks, race, cs bool // cs: as the answer to opening a change stream
+	}{
+		{"$expr in an upsert", cmd(224, "$expr is not allowed in the query predicate for an upsert"), true, false, false, false},
+		{"unauthorized", cmd(13, "not authorized"), true, false, false, false},
+		{"FerretDB without pipelines", cmd(238, "not implemented"), true, true, false, true},
+		{"MongoDB 4.0 without $$NOW", cmd(17276, "Use of undefined variable: NOW"), true, true, false, true},
+		{"an array update before 4.2", cmd(14, "update must be an object"), true, true, false, true},
+		{"standalone mongod", cmd(40573, "only supported on replica sets"), false, false, false, true},
+		{"no $changeStream stage", cmd(115, "Stage $changeStream is not supported yet"), true, true, false, true},
+		{"not writable primary", cmd(10107, "not primary"), false, false, false, false},
+		{"interrupted at shutdown", cmd(11600, "interrupted"), false, false, false, false},
+		{"network", errors.New("connection reset by peer"), false, false, false, false},
+		{"a write error", write(13), true, false, false, false},
+		{"write concern error only (may have applied)", wcOnly, false, false, false, false},
+		{"E11000", write(11000), false, false, true, false},
+		{"DocumentDB's exclusion constraint", cmd(1, `conflicting key value violates exclusion constraint "documents_rum_index_214"`), false, false, true, false},
+		{"PostgreSQL deadlock", cmd(1, "deadlock detected"), false, false, true, false},
+	} {
+		if got := refusal(c.err); got != c.refused {
+			t.Errorf("%s: refusal = %v, want %v", c.what, got, c.refused)
+		}
+		if got := lacksFeature(c.err); got != c.lacks {
+			t.Errorf("%s: lacksFeature = %v, want %v", c.what, got, c.lacks)
+		}
+		if got := upsertRace(c.err); got != c.race {
+			t.Errorf("%s: upsertRace = %v, want %v", c.what, got, c.race)
+		}
+		if got := noChangeStreams(c.err); got != c.cs {
+			t.Errorf("%s: noChangeStreams = %v, want %v", c.what, got, c.cs)
+		}
+		if got := errors.Is(opError("acquire", "n", c.err), shylock.ErrRefused); got != c.refused {
+			t.Errorf("%s: opError matches ErrRefused = %v, want %v", c.what, got, c.refused)
+		}
+	}
+	for _, c := range []int32{280, 286} {
+		if !restartable(cmd(c, "")) {
+			t.Errorf("change stream error %d: must start afresh", c)
+		}
+	}
+	if restartable(cmd(10107, "")) {
+		t.Error("a stepdown must resume the change stream, not start it afresh")
+	}
+}
+
+// TestAcquireShape: the acquire's filter names the record alone (MongoDB refuses $expr in the
+// filter of an upsert), and a caller's strings reach its pipeline only inside $literal.
+func TestAcquireShape(t *testing.T) {
+	if f := byName("$where"); len(f) != 1 || f[0].Key != "name" || f[0].Value != "$where" {
+		t.Fatalf("acquire filter %v; want {name: ...} alone", f)
+	}
+	raw, err := bson.Marshal(bson.D{{Key: "u", Value: acquireUpdate("OWNER", "$$LABEL", time.Second, 0)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var literals, bare int
+	var visit func(v bson.RawValue, inLiteral bool)
+	visit = func(v bson.RawValue, inLiteral bool) {
+		if s, ok := v.StringValueOK(); ok && (s == "OWNER" || s == "$$LABEL") {
+			if inLiteral {
+				literals++
+			} else {
+				bare++
+			}
+		}
+		var elems []bson.RawElement
+		if d, ok := v.DocumentOK(); ok {
+			elems, _ = d.Elements()
+		} else if a, ok := v.ArrayOK(); ok {
+			elems, _ = bson.Raw(a).Elements()
+		}
+		for _, e := range elems {
+			visit(e.Value(), inLiteral || e.Key() == "$literal")
+		}
+	}
+	visit(bson.Raw(raw).Lookup("u"), false)
+	if bare != 0 || literals != 3 {
+		t.Fatalf("owner and label appear %d times inside $literal and %d times outside; want 3 and 0", literals, bare)
+	}
+}
+
+// TestReleaseEvents: a change stream wakes waiters for releases and for deletions that name
+// their record, not for every deletion the TTL monitor makes.
+func TestReleaseEvents(t *testing.T) {
+	raw, err := bson.Marshal(releases[0][0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := bson.Raw(raw).String()
+	for _, want := range []string{`"updateDescription.updatedFields.owner": ""`, `"documentKey.name": {"$exists": true}`, `"invalidate"`} {
+		if !strings.Contains(s, want) {
+			t.Errorf("the change stream's $match %s lacks %s", s, want)
+		}
+	}
+	if strings.Contains(s, `{"operationType": "delete"}`) {
+		t.Errorf("the change stream's $match %s wakes waiters on every deletion", s)
+	}
+}
+
+func TestIndexChecks(t *testing.T) {
+	key := func(d bson.D) bson.Raw { r, _ := bson.Marshal(d); return r }
+	name, expires := key(bson.D{{Key: "name", Value: 1}}), key(bson.D{{Key: "expiresAt", Value: 1}})
+	day := int64(86400)
+	for _, c := range []struct {
+		what string
+		ix   index
+		want string // in the refusal; "" for accepted
+	}{
+		{"unique", index{Name: "name_1", Key: name, Unique: true}, ""},
+		{"not unique", index{Name: "name_1", Key: name}, "not unique"},
+		{"partial", index{Name: "name_1", Key: name, Unique: true, Partial: key(bson.D{{Key: "owner", Value: bson.D{{Key: "$exists", Value: true}}}})}, "partial"},
+		{"collated", index{Name: "name_1", Key: name, Unique: true, Collation: struct {
+			Locale string `bson:"locale"`
+		}{"en"}}, "collation"},
+		{"hidden", index{Name: "name_1", Key: name, Unique: true, Hidden: true}, "hidden"},
+		{"our name elsewhere", index{Name: NameIndex, Key: expires}, "other keys"},
+		{"our TTL name, no TTL", index{Name: TTLIndex, Key: expires}, "not a TTL index"},
+		{"a TTL index", index{Name: "x", Key: expires, ExpireAfter: &day}, ""},
+	} {
+		st := indexState{ttlWant: day}
+		err := st.add(c.ix)
+		switch {
+		case c.want == "" && err != nil:
+			t.Errorf("%s: refused: %v", c.what, err)
+		case c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)):
+			t.Errorf("%s: %v; want a refusal saying %q", c.what, err, c.want)
+		}
+	}
+	st := indexState{ttlWant: day}
+	_ = st.add(index{Name: "u", Key: name, Unique: true})
+	_ = st.add(index{Name: "t", Key: expires, ExpireAfter: &day})
+	if !st.unique || !st.ttl {
+		t.Fatalf("state %+v: want both indexes found", st)
+	}
+}
+
+func TestDefaultOffsetByTopology(t *testing.T) {
+	if d := (topology{}).defaultOffset(); d != 0 {
+		t.Errorf("a single server: offset %v, want 0 (one clock stamps and judges every lease)", d)
+	}
+	if d := (topology{several: true}).defaultOffset(); d != DefaultMaxClockOffset {
+		t.Errorf("several servers: offset %v, want %v", d, DefaultMaxClockOffset)
+	}
+}
+
+// TestInvalidOptionsBeforeIO: the client points nowhere, so any I/O would fail differently.
+func TestInvalidOptionsBeforeIO(t *testing.T) {
+	c, err := mdb.Connect(options.Client().ApplyURI("mongodb://127.0.0.1:1").SetServerSelectionTimeout(time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = c.Disconnect(context.Background()) }()
+	coll := c.Database("d").Collection("c")
+	for _, o := range []Option{WithMaxClockOffset(-time.Second), WithGracePeriod(time.Millisecond), WithLogger(nil)} {
+		if _, err := New(t.Context(), coll, o); err == nil || !strings.HasPrefix(err.Error(), "mongo: With") {
+			t.Errorf("New with an invalid option: %v; want the option named", err)
+		}
+	}
+}
+
+// TestTTLNotAboveOffset: a lease no longer than the clock offset could not be trusted at all.
+func TestTTLNotAboveOffset(t *testing.T) {
+	b := &Backend{offset: time.Second}
+	_, err := b.Acquire(t.Context(), shylock.AcquireRequest{Name: "n", Owner: "o", TTL: time.Second})
+	if !errors.Is(err, shylock.ErrInvalidTTL) || !strings.Contains(err.Error(), "clock offset") {
+		t.Fatalf("Acquire with TTL = offset: %v; want ErrInvalidTTL naming the offset", err)
+	}
+	if _, err := b.Extend(t.Context(), "n", "o", 1, time.Second); !errors.Is(err, shylock.ErrInvalidTTL) {
+		t.Fatalf("Extend with TTL = offset: %v; want ErrInvalidTTL", err)
 	}
 }

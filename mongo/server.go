@@ -25,9 +25,12 @@ func newServer(db *mdb.Database, now func() time.Time) *server {
 	s.clock = clock.New(now, func(ctx context.Context) (time.Time, error) {
 		r, err := s.hello(ctx)
 		if err == nil && r.LocalTime.IsZero() {
-			err = errors.New("mongo: the server's hello reply has no localTime")
+			err = errors.New("its hello reply has no localTime")
 		}
-		return r.LocalTime, err
+		if err != nil {
+			return time.Time{}, fmt.Errorf("mongo: reading the server's clock: %w", err)
+		}
+		return r.LocalTime, nil
 	})
 	return s
 }
@@ -53,7 +56,7 @@ func (s *server) hello(ctx context.Context) (helloReply, error) {
 
 func wrapHello(err error) error {
 	if err != nil {
-		return fmt.Errorf("mongo: asking the server about itself (hello): %w", err)
+		return fmt.Errorf("asking the server about itself (hello): %w", err)
 	}
 	return nil
 }
