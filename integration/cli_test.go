@@ -13,11 +13,28 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/shylock-go/shylock"
 )
+
+// cmdTimeout bounds every run of a program of the project: one that hangs fails its test
+// instead of outliving it.
+const cmdTimeout = 2 * time.Minute
+
+// boundedCmd returns a command that gets SIGTERM when t ends or cmdTimeout passes (shylock run
+// passes it on to its command's process group, so nothing it started is left behind), and is
+// killed if it still runs 10 s later.
+func boundedCmd(t *testing.T, bin string, args ...string) *exec.Cmd {
+	ctx, cancel := context.WithTimeout(t.Context(), cmdTimeout)
+	t.Cleanup(cancel)
+	cmd := exec.CommandContext(ctx, bin, args...)
+	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
+	cmd.WaitDelay = 10 * time.Second
+	return cmd
+}
 
 // build compiles a program of the project into a temporary directory.
 func build(t *testing.T, pkg string) string {
@@ -37,7 +54,7 @@ type cli struct {
 }
 
 func (c cli) cmd(args ...string) *exec.Cmd {
-	cmd := exec.Command(c.bin, args...)
+	cmd := boundedCmd(c.t, c.bin, args...)
 	cmd.Env = append(os.Environ(), "SHYLOCK_MONGO_URI="+mongoURI, "SHYLOCK_MONGO_DATABASE=shylock_test",
 		"SHYLOCK_COLLECTION="+c.coll, "SHYLOCK_ARANGO_URL=")
 	return cmd
@@ -83,7 +100,7 @@ func TestCLIHelpAndUsage(t *testing.T) {
 	if out, code := c.run("release", "x"); code != 2 || !strings.Contains(out, "--force") {
 		t.Errorf("release without --force exited %d:\n%s", code, out)
 	}
-	cmd := exec.Command(c.bin, "list")
+	cmd := boundedCmd(t, c.bin, "list")
 	cmd.Env = append(os.Environ(), "SHYLOCK_MONGO_URI=", "SHYLOCK_ARANGO_URL=")
 	out, err := cmd.CombinedOutput()
 	if code := exitCode(t, err); code != 1 || !strings.Contains(string(out), "SHYLOCK_MONGO_URI") {
@@ -107,7 +124,6 @@ func TestCLIRunListInspectRelease(t *testing.T) {
 	if err := holder.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = holder.Process.Kill(); _ = holder.Wait() })
 	waitFor(t, func() bool { out, _ := c.run("inspect", "jobs/x"); return strings.Contains(out, "held") })
 
 	out, code := c.run("inspect", "jobs/x")

@@ -6,7 +6,6 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"regexp"
 	"strconv"
 	"strings"
@@ -26,7 +25,7 @@ var tokenLine = regexp.MustCompile(`worker (\d) holds orders/42 with fencing tok
 func TestExampleBasic(t *testing.T) {
 	bin := build(t, "github.com/shylock-go/shylock/examples/basic")
 	for _, embedded := range []bool{false, true} {
-		cmd := exec.Command(bin)
+		cmd := boundedCmd(t, bin)
 		cmd.Env = exampleEnv(t)
 		if embedded { // the README's demo: no server named, so it starts its own
 			cmd.Env = append(os.Environ(), "SHYLOCK_MONGO_URI=", "SHYLOCK_ARANGO_URL=")
@@ -55,7 +54,7 @@ func TestExampleBasic(t *testing.T) {
 
 func TestExampleWorker(t *testing.T) {
 	bin := build(t, "github.com/shylock-go/shylock/examples/worker")
-	cmd := exec.Command(bin, "-processes", "3", "-ticks", "3", "-every", "300ms")
+	cmd := boundedCmd(t, bin, "-processes", "3", "-ticks", "3", "-every", "300ms")
 	cmd.Env = exampleEnv(t)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
@@ -78,7 +77,7 @@ func TestExampleWorker(t *testing.T) {
 
 func TestExampleWebAPI(t *testing.T) {
 	bin := build(t, "github.com/shylock-go/shylock/examples/webapi")
-	cmd := exec.Command(bin, "-addr", "127.0.0.1:0", "-charge-time", "700ms")
+	cmd := boundedCmd(t, bin, "-addr", "127.0.0.1:0", "-charge-time", "700ms")
 	cmd.Env = exampleEnv(t)
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {

@@ -128,8 +128,8 @@ func readMessage(r io.Reader) ([]byte, error) {
 
 const opMsg = 2013
 
-// command returns the command document of an OP_MSG, or nil.
-func command(msg []byte) bson.Raw {
+// opMsgCommand returns the command document of an OP_MSG, or nil.
+func opMsgCommand(msg []byte) bson.Raw {
 	if len(msg) < 25 || binary.LittleEndian.Uint32(msg[12:16]) != opMsg || msg[20] != 0 {
 		return nil
 	}
@@ -142,7 +142,7 @@ func command(msg []byte) bson.Raw {
 
 // isWrite reports whether msg is an OP_MSG whose command writes.
 func isWrite(msg []byte) bool {
-	elems, err := command(msg).Elements()
+	elems, err := opMsgCommand(msg).Elements()
 	if err != nil || len(elems) == 0 {
 		return false
 	}
@@ -156,7 +156,7 @@ func isWrite(msg []byte) bool {
 // isUserHello reports whether msg is a hello sent to a database other than admin: the library's,
 // not the driver's own monitoring.
 func isUserHello(msg []byte) bool {
-	cmd := command(msg)
+	cmd := opMsgCommand(msg)
 	elems, err := cmd.Elements()
 	db, _ := cmd.Lookup("$db").StringValueOK()
 	return err == nil && len(elems) > 0 && elems[0].Key() == "hello" && db != "admin"
