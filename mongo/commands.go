@@ -82,10 +82,7 @@ func releaseFilter(name, owner string, token uint64) bson.D {
 	return f
 }
 
-// freeUpdate frees a record and stamps when, by the server's clock: the TTL index deletes the
-// record a grace period later, and until then its token carries the name's sequence on. Every
-// server takes this shape, so both paths and ForceRelease use it.
-var freeUpdate = bson.D{
-	{Key: "$set", Value: bson.D{{Key: "owner", Value: ""}}},
-	{Key: "$currentDate", Value: bson.D{{Key: "expiresAt", Value: true}}},
-}
+// freeUpdate frees a record. Its expiresAt stays as the server stamped it, so the TTL index
+// deletes the record a grace period after its last lease ended, and until then its token carries
+// the name's sequence on. Every server takes this shape, so both paths and ForceRelease use it.
+var freeUpdate = bson.D{{Key: "$set", Value: bson.D{{Key: "owner", Value: ""}}}}
