@@ -107,7 +107,9 @@ func runInspect(ctx context.Context, e *env, args []string) int {
 		fmt.Fprintf(w, "token\t%d\n", info.Token)
 		fmt.Fprintf(w, "acquired\t%s\n", info.AcquiredAt.Format(time.RFC3339Nano))
 		fmt.Fprintf(w, "renewed\t%s\n", info.RenewedAt.Format(time.RFC3339Nano))
-		fmt.Fprintf(w, "expires\t%s\n", info.ExpiresAt.Format(time.RFC3339Nano))
+		if !info.ExpiresAt.IsZero() { // a released lock has none
+			fmt.Fprintf(w, "expires\t%s\n", info.ExpiresAt.Format(time.RFC3339Nano))
+		}
 	}
 	_ = w.Flush()
 	return 0
