@@ -15,6 +15,7 @@ import (
 	"go.mongodb.org/mongo-driver/v2/event"
 	mdb "go.mongodb.org/mongo-driver/v2/mongo"
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
+	"go.mongodb.org/mongo-driver/v2/mongo/readconcern"
 
 	"github.com/shylock-go/shylock"
 	"github.com/shylock-go/shylock/mongo"
@@ -377,5 +378,44 @@ func TestCommandCheckerCatches(t *testing.T) {
 		if !strings.Contains(problems, c.want) {
 			t.Errorf("%s: the checker said %q; want a problem mentioning %q", c.what, problems, c.want)
 		}
+	}
+}
+
+// TestMongoChangeStreamReadsAtMajority: WithReadConcern relaxes reads, but a change stream
+// accepts nothing but majority (InvalidOptions, 72, retried forever), so the stream must ignore it.
+func TestMongoChangeStreamReadsAtMajority(t *testing.T) {
+	rec := &recorder{}
+	c, err := mdb.Connect(options.Client().ApplyURI(mongoURI).SetMonitor(&event.CommandMonitor{Started: rec.started}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Disconnect(context.Background()) })
+	plain := collection(t)
+	b := newMongo(t, c.Database(plain.Database().Name()).Collection(plain.Name()), mongo.WithReadConcern(readconcern.Local()))
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	holder := shylock.New("held", shylock.WithBackend(b))
+	if ok, err := holder.TryAcquire(ctx); !ok || err != nil {
+		t.Fatalf("TryAcquire = %v, %v", ok, err)
+	}
+	_ = shylock.New("held", shylock.WithBackend(b)).Acquire(ctx) // waits, which opens the stream
+	streams := 0
+	for _, cmd := range rec.commands() {
+		pipeline, _ := cmd.Lookup("pipeline").ArrayOK()
+		stage, err := pipeline.IndexErr(0)
+		if err != nil {
+			continue
+		}
+		first, _ := stage.DocumentOK()
+		if _, err := first.LookupErr("$changeStream"); err != nil {
+			continue
+		}
+		streams++
+		if rc, err := cmd.LookupErr("readConcern"); err == nil && !majority(rc) {
+			t.Fatalf("change stream opened with read concern %s, from WithReadConcern(local): %s", rc, cmd)
+		}
+	}
+	if streams == 0 {
+		t.Fatal("no change stream was opened; the test saw nothing")
 	}
 }
