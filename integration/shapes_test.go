@@ -26,15 +26,7 @@ import (
 // every command they send with a command monitor, and fails on shapes real MongoDB 4.4-8.x
 // refuses or that would break a guarantee. See checkCommand for the rules.
 func TestMongoCommandShapes(t *testing.T) {
-	rec := &recorder{}
-	c, err := mdb.Connect(options.Client().ApplyURI(mongoURI).SetMonitor(&event.CommandMonitor{Started: rec.started}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = c.Disconnect(context.Background()) })
-	plain := collection(t)
-	coll := c.Database(plain.Database().Name()).Collection(plain.Name())
-
+	coll, rec := recordedCollection(t)
 	detected := newMongo(t, coll) // New's own probe is the server-clock acquire
 	for _, serverClock := range []bool{true, false} {
 		t.Run(fmt.Sprintf("ServerClock=%v", serverClock), func(t *testing.T) {
@@ -48,7 +40,7 @@ func TestMongoCommandShapes(t *testing.T) {
 		if isServerClockAcquire(cmd) {
 			serverClockAcquires++
 		}
-		for _, problem := range checkCommand(plain.Name(), cmd) {
+		for _, problem := range checkCommand(coll.Name(), cmd) {
 			t.Errorf("%s\n  command: %s", problem, cmd)
 		}
 	}
@@ -115,6 +107,19 @@ func exercise(t *testing.T, b *mongo.Backend, refused bool) {
 	if err := w.Release(ctx); err != nil {
 		t.Fatalf("waiter's Release: %v", err)
 	}
+}
+
+// recordedCollection returns a fresh collection on a client of its own that records every
+// command it sends.
+func recordedCollection(t *testing.T) (*mdb.Collection, *recorder) {
+	rec := &recorder{}
+	c, err := mdb.Connect(options.Client().ApplyURI(mongoURI).SetMonitor(&event.CommandMonitor{Started: rec.started}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Disconnect(context.Background()) })
+	plain := collection(t)
+	return c.Database(plain.Database().Name()).Collection(plain.Name()), rec
 }
 
 type recorder struct {
@@ -190,10 +195,7 @@ func checkCommand(coll string, cmd bson.Raw) []string {
 			}
 		}
 	case "update":
-		updates, _ := cmd.Lookup("updates").ArrayOK()
-		vals, _ := updates.Values()
-		for _, v := range vals {
-			u, _ := v.DocumentOK()
+		for _, u := range statements(cmd, "updates") {
 			q, _ := u.Lookup("q").DocumentOK()
 			upsert, _ := u.Lookup("upsert").BooleanOK()
 			multi, _ := u.Lookup("multi").BooleanOK()
@@ -203,10 +205,7 @@ func checkCommand(coll string, cmd bson.Raw) []string {
 			}
 		}
 	case "delete":
-		deletes, _ := cmd.Lookup("deletes").ArrayOK()
-		vals, _ := deletes.Values()
-		for _, v := range vals {
-			d, _ := v.DocumentOK()
+		for _, d := range statements(cmd, "deletes") {
 			q, _ := d.Lookup("q").DocumentOK()
 			limit, _ := d.Lookup("limit").AsInt64OK()
 			problems = append(problems, checkFilter(q, false, limit == 1)...)
@@ -225,6 +224,19 @@ func checkCommand(coll string, cmd bson.Raw) []string {
 		}
 	}
 	return problems
+}
+
+// statements returns the documents in the array key of a write command (updates, deletes).
+func statements(cmd bson.Raw, key string) []bson.Raw {
+	arr, _ := cmd.Lookup(key).ArrayOK()
+	vals, _ := arr.Values()
+	docs := make([]bson.Raw, 0, len(vals))
+	for _, v := range vals {
+		if d, ok := v.DocumentOK(); ok {
+			docs = append(docs, d)
+		}
+	}
+	return docs
 }
 
 // checkFilter checks a write's filter. An upsert's filter must not hold $expr (MongoDB: 224,
@@ -384,14 +396,8 @@ func TestCommandCheckerCatches(t *testing.T) {
 // TestMongoChangeStreamReadsAtMajority: WithReadConcern relaxes reads, but a change stream
 // accepts nothing but majority (InvalidOptions, 72, retried forever), so the stream must ignore it.
 func TestMongoChangeStreamReadsAtMajority(t *testing.T) {
-	rec := &recorder{}
-	c, err := mdb.Connect(options.Client().ApplyURI(mongoURI).SetMonitor(&event.CommandMonitor{Started: rec.started}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = c.Disconnect(context.Background()) })
-	plain := collection(t)
-	b := newMongo(t, c.Database(plain.Database().Name()).Collection(plain.Name()), mongo.WithReadConcern(readconcern.Local()))
+	coll, rec := recordedCollection(t)
+	b := newMongo(t, coll, mongo.WithReadConcern(readconcern.Local()))
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer cancel()
 	holder := shylock.New("held", shylock.WithBackend(b))
