@@ -14,7 +14,6 @@ const (
 	codeFailedToParse           = 9
 	codeUnauthorized            = 13
 	codeTypeMismatch            = 14
-	codeAuthenticationFailed    = 18
 	codeCommandNotFound         = 59
 	codeShardKeyNotFound        = 61
 	codeInvalidOptions          = 72
@@ -25,6 +24,7 @@ const (
 	codeNotImplemented          = 238
 	codeChangeStreamFatal       = 280
 	codeChangeStreamHistoryLost = 286
+	codeInvalidResumeToken      = 260
 	codeUndefinedVariable       = 17276
 	codeUnrecognizedStage       = 40324
 	codeReplicaSetOnly          = 40573
@@ -47,14 +47,15 @@ func code(err error) (int, bool) {
 
 // refusal reports whether err is an answer no retry changes: the server does not support the
 // command or a part of it, or the credentials do not allow it. Anything else (a dropped
-// connection, NotWritablePrimary during a failover, a timeout) may pass.
+// connection, NotWritablePrimary during a failover, a timeout) may pass; so may a failed
+// authentication, which a mongos answers while it cannot reach the config servers.
 func refusal(err error) bool {
 	c, ok := code(err)
 	if !ok {
 		return false
 	}
 	switch c {
-	case codeUnauthorized, codeAuthenticationFailed, codeQueryFeatureNotAllowed, codeShardKeyNotFound,
+	case codeUnauthorized, codeQueryFeatureNotAllowed, codeShardKeyNotFound,
 		codeInvalidOptions, codeIllegalOperation:
 		return true
 	}
@@ -62,9 +63,10 @@ func refusal(err error) bool {
 }
 
 // lacksFeature reports whether err says that the server lacks a command or operator: pipeline
-// updates, $$NOW, TTL indexes, change streams. Servers older than MongoDB 4.2 refuse an update
-// given as an array (FailedToParse, TypeMismatch), 4.0 does not know $$NOW (UndefinedVariable),
-// FerretDB answers NotImplemented.
+// updates, $$NOW, TTL indexes, change streams. The Go driver talks to MongoDB 4.4 or later only,
+// which has them all (change streams on replica sets); these answers come from other servers of
+// the wire protocol: FerretDB 1.x answers NotImplemented, others refuse an update given as an
+// array (FailedToParse, TypeMismatch) or an unknown variable or stage.
 func lacksFeature(err error) bool {
 	c, ok := code(err)
 	if !ok {
@@ -79,9 +81,10 @@ func lacksFeature(err error) bool {
 }
 
 // upsertRace reports whether err says that a concurrent upsert of the same name inserted first,
-// so that trying again finds its record. MongoDB retries such upserts itself since 4.2 and
-// rarely answers E11000; FerretDB over PostgreSQL (DocumentDB) answers an exclusion-constraint
-// violation or a deadlock instead. None of them applied anything.
+// so that trying again finds its record. MongoDB retries such upserts itself (update since 4.1.6,
+// findAndModify later, both a bounded number of times), so E11000 is rare but possible; FerretDB
+// over PostgreSQL (DocumentDB) answers an exclusion-constraint violation or a deadlock instead.
+// None of them applied anything.
 func upsertRace(err error) bool {
 	if mdb.IsDuplicateKeyError(err) {
 		return true

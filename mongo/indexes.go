@@ -27,8 +27,8 @@ type index struct {
 	Collation struct {
 		Locale string `bson:"locale"`
 	} `bson:"collation"`
-	Hidden      bool   `bson:"hidden"`
-	ExpireAfter *int64 `bson:"expireAfterSeconds"`
+	Hidden      bool          `bson:"hidden"`
+	ExpireAfter bson.RawValue `bson:"expireAfterSeconds"` // int32, long or double, as the server kept it
 }
 
 // indexState is what the collection's indexes provide.
@@ -67,7 +67,8 @@ func (st *indexState) add(ix index) error {
 	key := keyOf(ix.Key)
 	switch {
 	case key == "name" && !ix.Unique:
-		return errors.New("on name that is not unique")
+		return errors.New("on name that is not unique (if it is the shard key's index, shard the collection with unique: true, " +
+			"or make it unique with collMod, MongoDB 6.0 and later)")
 	case key == "name" && ix.Partial != nil:
 		return errors.New("on name that is partial, so it lets two records of one name in")
 	case key == "name" && ix.Collation.Locale != "" && ix.Collation.Locale != "simple":
@@ -78,8 +79,15 @@ func (st *indexState) add(ix index) error {
 		st.unique = true
 	case ix.Name == NameIndex:
 		return errors.New("on other keys than name")
-	case key == "expiresAt" && ix.ExpireAfter != nil:
-		st.ttlName, st.ttlHave = ix.Name, *ix.ExpireAfter
+	case key == "expiresAt" && ix.ExpireAfter.Type != 0:
+		secs, ok := ix.ExpireAfter.AsInt64OK()
+		if d, isDouble := ix.ExpireAfter.DoubleOK(); isDouble && d != float64(secs) {
+			ok = false
+		}
+		if !ok {
+			return fmt.Errorf("on expiresAt with expireAfterSeconds %s", ix.ExpireAfter)
+		}
+		st.ttlName, st.ttlHave = ix.Name, secs
 		st.ttl = st.ttlHave == st.ttlWant
 	case ix.Name == TTLIndex:
 		return errors.New("that is not a TTL index on expiresAt")
@@ -92,6 +100,9 @@ func (st *indexState) add(ix index) error {
 func (b *Backend) ensureIndexes(ctx context.Context) error {
 	b.indexMu.Lock()
 	defer b.indexMu.Unlock()
+	if err := b.checkCollation(ctx); err != nil {
+		return err
+	}
 	st, err := b.ensureUniqueLocked(ctx)
 	if err != nil {
 		return err
@@ -123,6 +134,33 @@ func (b *Backend) ensureIndexes(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// checkCollation refuses a collection with a default collation other than simple: its queries
+// would compare names by that collation (a case-insensitive one makes "A" and "a" one lock), and
+// the indexes created in it would inherit it.
+func (b *Backend) checkCollation(ctx context.Context) error {
+	specs, err := b.coll.Database().ListCollectionSpecifications(ctx, bson.D{{Key: "name", Value: b.coll.Name()}})
+	if err != nil {
+		return fmt.Errorf("mongo: reading the options of collection %s: %w", b.coll.Name(), err)
+	}
+	for _, spec := range specs {
+		if locale := collationOf(spec.Options); locale != "" {
+			return fmt.Errorf("mongo: collection %s has the default collation %q, so names would not compare byte for byte; "+
+				"use a collection without a collation", b.coll.Name(), locale)
+		}
+	}
+	return nil
+}
+
+// collationOf returns the locale of the default collation in a collection's options, or "" for
+// none or simple.
+func collationOf(opts bson.Raw) string {
+	locale, _ := opts.Lookup("collation", "locale").StringValueOK()
+	if locale == "simple" {
+		return ""
+	}
+	return locale
 }
 
 // ensureUnique makes sure the unique index on name is there. An acquire that created a record

@@ -117,6 +117,7 @@ func TestErrorClassification(t *testing.T) {
 	}{
 		{"$expr in an upsert", cmd(224, "$expr is not allowed in the query predicate for an upsert"), true, false, false, false},
 		{"unauthorized", cmd(13, "not authorized"), true, false, false, false},
+		{"authentication failed (a mongos without its config servers)", cmd(18, "auth failed"), false, false, false, false},
 		{"FerretDB without pipelines", cmd(238, "not implemented"), true, true, false, true},
 		{"MongoDB 4.0 without $$NOW", cmd(17276, "Use of undefined variable: NOW"), true, true, false, true},
 		{"an array update before 4.2", cmd(14, "update must be an object"), true, true, false, true},
@@ -147,7 +148,7 @@ func TestErrorClassification(t *testing.T) {
 			t.Errorf("%s: opError matches ErrRefused = %v, want %v", c.what, got, c.refused)
 		}
 	}
-	for _, c := range []int32{280, 286} {
+	for _, c := range []int32{260, 280, 286} {
 		if !restartable(cmd(c, "")) {
 			t.Errorf("change stream error %d: must start afresh", c)
 		}
@@ -215,6 +216,13 @@ func TestIndexChecks(t *testing.T) {
 	key := func(d bson.D) bson.Raw { r, _ := bson.Marshal(d); return r }
 	name, expires := key(bson.D{{Key: "name", Value: 1}}), key(bson.D{{Key: "expiresAt", Value: 1}})
 	day := int64(86400)
+	seconds := func(v any) bson.RawValue {
+		typ, data, err := bson.MarshalValue(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return bson.RawValue{Type: typ, Value: data}
+	}
 	for _, c := range []struct {
 		what string
 		ix   index
@@ -229,7 +237,9 @@ func TestIndexChecks(t *testing.T) {
 		{"hidden", index{Name: "name_1", Key: name, Unique: true, Hidden: true}, "hidden"},
 		{"our name elsewhere", index{Name: NameIndex, Key: expires}, "other keys"},
 		{"our TTL name, no TTL", index{Name: TTLIndex, Key: expires}, "not a TTL index"},
-		{"a TTL index", index{Name: "x", Key: expires, ExpireAfter: &day}, ""},
+		{"a TTL index", index{Name: "x", Key: expires, ExpireAfter: seconds(int32(day))}, ""},
+		{"a TTL index kept as a double", index{Name: "x", Key: expires, ExpireAfter: seconds(86400.0)}, ""},
+		{"a fractional TTL", index{Name: "x", Key: expires, ExpireAfter: seconds(0.5)}, "expireAfterSeconds"},
 	} {
 		st := indexState{ttlWant: day}
 		err := st.add(c.ix)
@@ -242,9 +252,25 @@ func TestIndexChecks(t *testing.T) {
 	}
 	st := indexState{ttlWant: day}
 	_ = st.add(index{Name: "u", Key: name, Unique: true})
-	_ = st.add(index{Name: "t", Key: expires, ExpireAfter: &day})
+	_ = st.add(index{Name: "t", Key: expires, ExpireAfter: seconds(day)})
 	if !st.unique || !st.ttl {
 		t.Fatalf("state %+v: want both indexes found", st)
+	}
+}
+
+func TestCollationOf(t *testing.T) {
+	for _, c := range []struct {
+		opts bson.D
+		want string
+	}{
+		{bson.D{}, ""},
+		{bson.D{{Key: "collation", Value: bson.D{{Key: "locale", Value: "simple"}}}}, ""},
+		{bson.D{{Key: "collation", Value: bson.D{{Key: "locale", Value: "en"}, {Key: "strength", Value: 2}}}}, "en"},
+	} {
+		raw, _ := bson.Marshal(c.opts)
+		if got := collationOf(raw); got != c.want {
+			t.Errorf("collationOf(%v) = %q, want %q", c.opts, got, c.want)
+		}
 	}
 }
 

@@ -3,6 +3,7 @@ package mongo
 import (
 	"fmt"
 	"log/slog"
+	"math"
 	"time"
 
 	"go.mongodb.org/mongo-driver/v2/mongo/readconcern"
@@ -99,8 +100,8 @@ func WithMaxClockOffset(d time.Duration) Option {
 // short enough that records of names nobody uses again do not pile up.
 func WithGracePeriod(d time.Duration) Option {
 	return func(s *settings) {
-		if d < time.Second {
-			s.invalid("WithGracePeriod(%v): the grace period must be at least a second", d)
+		if d < time.Second || d > math.MaxInt32*time.Second {
+			s.invalid("WithGracePeriod(%v): the grace period must be between a second and 68 years", d)
 		}
 		s.grace = d
 	}

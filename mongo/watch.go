@@ -56,10 +56,11 @@ func noChangeStreams(err error) bool {
 }
 
 // restartable reports whether err ends a stream that cannot be resumed from its last event:
-// the history it would resume from is gone, or the server says the stream cannot go on.
+// the history it would resume from is gone, the server says the stream cannot go on, or the
+// token no longer fits (a collection dropped and re-created since).
 func restartable(err error) bool {
 	c, ok := code(err)
-	return ok && (c == codeChangeStreamHistoryLost || c == codeChangeStreamFatal)
+	return ok && (c == codeChangeStreamHistoryLost || c == codeChangeStreamFatal || c == codeInvalidResumeToken)
 }
 
 // watch runs the change stream until ctx ends. It resumes after an error from the last event
