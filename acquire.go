@@ -68,7 +68,8 @@ func (l *Lock) acquire(ctx context.Context, wait bool) (bool, error) {
 		wake = sub.C()
 	}
 	var (
-		bo      = backoff.New(cfg.retryMin, cfg.retryMax)
+		poll    = backoff.New(cfg.retryMin, cfg.retryMax)
+		errBo   = backoff.New(cfg.retryMin, max(cfg.retryMax, time.Second)) // an outage is not a busy lock
 		timer   *time.Timer
 		lastErr error     // why the last attempt failed
 		unknown time.Time // when the last attempt of unknown outcome was sent; zero if none
@@ -125,16 +126,19 @@ func (l *Lock) acquire(ctx context.Context, wait bool) (bool, error) {
 			return false, errors.Join(l.errorf("acquire", err), undo())
 		}
 		// While the lock is held, wait for the shared watcher, which polls within the retry
-		// bounds and wakes no later than the holder's expiry; after an error, back off.
+		// bounds and wakes no later than the holder's expiry (or poll alone, without one);
+		// after an error, back off, up to a second at least.
 		wakeup, backedOff := wake, (<-chan time.Time)(nil)
 		if !locked || wake == nil {
+			delay := poll.Next
 			if !locked {
 				cfg.logger.Debug("shylock: acquire attempt failed; retrying", "name", l.name, "err", err)
+				delay = errBo.Next
 			}
 			if timer == nil {
-				timer = time.NewTimer(bo.Next())
+				timer = time.NewTimer(delay())
 			} else {
-				timer.Reset(bo.Next())
+				timer.Reset(delay())
 			}
 			wakeup, backedOff = nil, timer.C
 		}

@@ -33,6 +33,7 @@ var workers = map[string]func() int{
 	"hold":    holdMain,
 	"server":  serverMain,
 	"history": historyMain,
+	"waiter":  waiterMain,
 }
 
 const (

@@ -130,7 +130,7 @@ func TestContainerConformance(t *testing.T) {
 	checkLibraryLeaks(t)
 	cl := connectContainer(t, startFerretContainer(t))
 	coll := cl.Database("conformance").Collection("locks")
-	shylocktest.Run(t, func(t *testing.T) shylock.Backend { return newMongo(t, coll) })
+	shylocktest.Run(t, func(t *testing.T) shylock.Backend { return newMongo(t, coll, suiteOffset) })
 }
 
 // TestContainerMongoImage runs the suite against the real MongoDB image named in
@@ -169,7 +169,7 @@ func TestContainerMongoImage(t *testing.T) {
 	if !b.ServerClock() {
 		t.Errorf("%s: the backend did not detect $$NOW in updates", image)
 	}
-	shylocktest.Run(t, func(t *testing.T) shylock.Backend { return newMongo(t, coll) })
+	shylocktest.Run(t, func(t *testing.T) shylock.Backend { return newMongo(t, coll, suiteOffset) })
 }
 
 // report returns the value on the first line of out that starts with "key ", or "".

@@ -119,6 +119,7 @@ func (b *Backend) ForceRelease(ctx context.Context, name string) (shylock.Info, 
 		return shylock.Info{}, opError("force-release", name, err)
 	}
 	b.hub.Notify(name)
+	b.publish(ctx, name)
 	in := rec.info(lo)
 	if !in.Held {
 		return in, fmt.Errorf("%w: nobody holds %q (its last holder's lease had expired)", shylock.ErrNotHeld, name)

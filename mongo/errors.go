@@ -14,6 +14,7 @@ const (
 	codeFailedToParse           = 9
 	codeUnauthorized            = 13
 	codeTypeMismatch            = 14
+	codeNamespaceExists         = 48
 	codeCommandNotFound         = 59
 	codeShardKeyNotFound        = 61
 	codeInvalidOptions          = 72

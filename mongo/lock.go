@@ -90,5 +90,6 @@ func (b *Backend) Release(ctx context.Context, name, owner string, token uint64)
 		return notHeld(name)
 	}
 	b.hub.Notify(name)
+	b.publish(ctx, name)
 	return nil
 }

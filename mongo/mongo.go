@@ -67,10 +67,13 @@ type Backend struct {
 	indexMu sync.Mutex // one index check at a time
 	noTTL   bool       // the server refused a TTL index; guarded by indexMu
 
+	// Waking waiters of other processes: a change stream, or else release events in a capped
+	// collection, which a single server publishes to (nil where not used).
 	streamOnce sync.Once
 	streamStop context.CancelFunc
 	streamDone chan struct{}
 	noStreams  bool // from WithChangeStreams(false)
+	events     *mdb.Collection
 }
 
 // New returns a backend on coll. It creates a unique index on name and a TTL index on expiresAt
@@ -84,7 +87,7 @@ func New(ctx context.Context, coll *mdb.Collection, opts ...Option) (*Backend, e
 	wc := writeconcern.Majority()
 	wc.Journal = new(bool)
 	*wc.Journal = true
-	s := settings{log: slog.Default(), now: time.Now, wc: wc, rc: readconcern.Majority(), streams: true, grace: DefaultGracePeriod}
+	s := settings{log: slog.Default(), now: time.Now, wc: wc, rc: readconcern.Majority(), streams: true, events: true, grace: DefaultGracePeriod}
 	for _, o := range opts {
 		o(&s)
 	}
@@ -116,6 +119,14 @@ func New(ctx context.Context, coll *mdb.Collection, opts ...Option) (*Backend, e
 	} else if b.serverNow, err = b.detect(ctx); err != nil {
 		return nil, err
 	}
+	if !topo.several && s.events {
+		b.events = eventsCollection(coll)
+		if ok, err := b.detectEvents(ctx); err != nil {
+			return nil, err
+		} else if !ok {
+			b.events = nil
+		}
+	}
 	b.hub = waiter.New(b.probe)
 	return b, nil
 }
@@ -133,6 +144,10 @@ func (b *Backend) Close() {
 // ServerClock reports whether acquires judge expiry with the server's own clock ($$NOW) rather
 // than with an estimate of it.
 func (b *Backend) ServerClock() bool { return b.serverNow }
+
+// ReleaseEvents reports whether releases are published as events in the capped collection
+// "<collection>.events" for waiters in other processes (see WithReleaseEvents).
+func (b *Backend) ReleaseEvents() bool { return b.events != nil }
 
 // MaxClockOffset reports the clock offset between servers that the backend allows for (see
 // WithMaxClockOffset).

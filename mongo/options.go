@@ -31,6 +31,7 @@ type settings struct {
 	wc          *writeconcern.WriteConcern
 	rc          *readconcern.ReadConcern
 	streams     bool
+	events      bool
 	offset      *time.Duration // nil: decided by the topology
 	grace       time.Duration
 	serverClock *bool // nil: detected
@@ -72,6 +73,14 @@ func WithReadConcern(rc *readconcern.ReadConcern) Option { return func(s *settin
 // WithChangeStreams turns the use of change streams for waking waiters on or off (default on
 // where the server supports them: replica sets and sharded clusters). Off, waiters poll.
 func WithChangeStreams(on bool) Option { return func(s *settings) { s.streams = on } }
+
+// WithReleaseEvents turns release events on or off (default on where the server has no change
+// streams but keeps tailable cursors open: a standalone mongod, FerretDB 1.x). On, every release
+// also inserts one small document into the capped collection "<collection>.events", and the
+// waiters of every process that reads it wake within a few round trips of a release in any
+// process; idle, each backend with waiters keeps one cursor waiting on the server. Off, waiters
+// in other processes notice a release by polling. All processes on a collection should agree.
+func WithReleaseEvents(on bool) Option { return func(s *settings) { s.events = on } }
 
 // WithMaxClockOffset sets how far apart the clocks of the servers that stamp lock times may be.
 // On a sharded cluster each mongos reads its own clock, and after a failover the new primary

@@ -13,16 +13,22 @@ import (
 )
 
 // Subscribe implements shylock.Notifier. The first subscription starts one change stream for
-// the whole collection, which wakes the waiters of any name when another process releases it;
-// without change streams (a standalone server, FerretDB), waiters share one poller per name.
+// the whole collection (or, without change streams, one cursor on the release events), which
+// wakes the waiters of any name when another process releases it; besides, the waiters of one
+// name share one poller.
 func (b *Backend) Subscribe(name string, minPoll, maxPoll time.Duration) shylock.Subscription {
 	b.streamOnce.Do(func() {
-		if b.noStreams {
+		if b.noStreams && b.events == nil {
 			return
 		}
 		ctx, cancel := context.WithCancel(context.Background())
 		b.streamStop, b.streamDone = cancel, make(chan struct{})
-		go b.watch(ctx)
+		go func() {
+			defer close(b.streamDone)
+			if (b.noStreams || !b.watch(ctx)) && b.events != nil {
+				b.tail(ctx)
+			}
+		}()
 	})
 	return b.hub.Subscribe(name, minPoll, maxPoll)
 }
@@ -63,11 +69,11 @@ func restartable(err error) bool {
 	return ok && (c == codeChangeStreamHistoryLost || c == codeChangeStreamFatal || c == codeInvalidResumeToken)
 }
 
-// watch runs the change stream until ctx ends. It resumes after an error from the last event
-// it saw; after an invalidation (the collection was dropped or renamed) or an error that makes
-// resuming impossible, it starts afresh. It always waits before opening a stream again.
-func (b *Backend) watch(ctx context.Context) {
-	defer close(b.streamDone)
+// watch runs the change stream until ctx ends, and reports false if the server has none. It
+// resumes after an error from the last event it saw; after an invalidation (the collection was
+// dropped or renamed) or an error that makes resuming impossible, it starts afresh. It always
+// waits before opening a stream again.
+func (b *Backend) watch(ctx context.Context) bool {
 	bo := backoff.New(100*time.Millisecond, 10*time.Second)
 	var resume bson.Raw
 	sleep := func() bool {
@@ -91,11 +97,11 @@ func (b *Backend) watch(ctx context.Context) {
 			if err == nil {
 				_ = cs.Close(context.WithoutCancel(ctx))
 			}
-			return
+			return true
 		case err != nil && !opened && noChangeStreams(err):
-			b.log.Debug("shylock/mongo: the server has no change streams; waiters poll",
+			b.log.Debug("shylock/mongo: the server has no change streams; waiters of other processes are woken by release events if it has tailable cursors, else they poll",
 				"collection", b.coll.Name(), "err", err)
-			return
+			return false
 		case err != nil:
 			if restartable(err) {
 				resume = nil
@@ -103,7 +109,7 @@ func (b *Backend) watch(ctx context.Context) {
 			b.log.Warn("shylock/mongo: change stream failed; waiters poll until it reopens",
 				"collection", b.coll.Name(), "err", err)
 			if !sleep() {
-				return
+				return true
 			}
 			continue
 		}
@@ -119,11 +125,11 @@ func (b *Backend) watch(ctx context.Context) {
 			resume = nil
 		}
 		if ctx.Err() != nil {
-			return
+			return true
 		}
 		b.log.Warn("shylock/mongo: change stream ended; reopening", "collection", b.coll.Name(), "err", err, "afresh", resume == nil)
 		if !sleep() {
-			return
+			return true
 		}
 	}
 }

@@ -26,6 +26,12 @@ import (
 // Probe reports whether name is held and, if so, an upper bound on how long its lease has left.
 type Probe func(ctx context.Context, name string) (held bool, remaining time.Duration, err error)
 
+// PushedPoll is how far apart a poller looks, at the least, while every release reaches the
+// waiters by Notify (a change stream or release events are running, or every release happens in
+// the process): the holder's expiry, which the poller wakes at anyway, and a lost notification
+// are all it looks for. Idle waiters then cost the server one probe per name per PushedPoll.
+const PushedPoll = 10 * time.Second
+
 // probeTimeout bounds one probe, so a hung server cannot stall a poller forever.
 const probeTimeout = 10 * time.Second
 
@@ -38,9 +44,10 @@ type Hub struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	mu     sync.Mutex
-	groups map[string]*group
-	closed bool
+	mu      sync.Mutex
+	groups  map[string]*group
+	closed  bool
+	flipped chan struct{} // closed, and replaced, when pushed changes
 }
 
 type group struct {
@@ -53,12 +60,21 @@ type group struct {
 // New returns a Hub that polls with probe.
 func New(probe Probe) *Hub {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Hub{probe: probe, ctx: ctx, cancel: cancel, groups: map[string]*group{}}
+	return &Hub{probe: probe, ctx: ctx, cancel: cancel, groups: map[string]*group{}, flipped: make(chan struct{})}
 }
 
 // SetPushed tells the hub whether every release by any process is delivered through Notify (a
-// change stream is running). Pollers then only poll for expiry, at the longest interval.
-func (h *Hub) SetPushed(on bool) { h.pushed.Store(on) }
+// change stream or release events are running). Pollers then look for expiry and lost
+// notifications only, at least PushedPoll apart.
+// A poller sleeping a pushed interval looks again at once when the pushing stops.
+func (h *Hub) SetPushed(on bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.pushed.Swap(on) != on {
+		close(h.flipped)
+		h.flipped = make(chan struct{})
+	}
+}
 
 // Subscribe registers a waiter on name; see shylock.Notifier.
 func (h *Hub) Subscribe(name string, minPoll, maxPoll time.Duration) *Sub {
@@ -151,9 +167,13 @@ func (h *Hub) poll(name string, g *group) {
 	)
 	defer timer.Stop()
 	for g.ctx.Err() == nil {
+		h.mu.Lock()
+		flipped := h.flipped
+		h.mu.Unlock()
 		timer.Reset(delay)
 		select {
 		case <-timer.C:
+		case <-flipped:
 		case <-g.ctx.Done():
 			return
 		}
@@ -178,7 +198,7 @@ func (h *Hub) poll(name string, g *group) {
 		}
 		delay = bo.Next()
 		if h.pushed.Load() {
-			delay = maxPoll // releases arrive by Notify; only expiry needs a poll
+			delay = max(maxPoll, PushedPoll) // releases arrive by Notify; only expiry needs a poll
 		}
 		if hint > 0 && hint < delay {
 			delay = hint

@@ -148,3 +148,26 @@ func TestFailingProbeWakesWaiters(t *testing.T) {
 		}
 	}
 }
+
+// TestPollsAgainWhenPushingStops: while releases are pushed the poller sleeps long; when the
+// pushing stops (a change stream or events cursor died) it must poll at its own pace at once,
+// not after the long sleep.
+func TestPollsAgainWhenPushingStops(t *testing.T) {
+	p := &probeCounter{}
+	p.held.Store(true)
+	p.remaining.Store(int64(time.Hour))
+	h := New(p.probe)
+	defer h.Close()
+	h.SetPushed(true)
+	s := h.Subscribe("x", 5*time.Millisecond, 20*time.Millisecond)
+	defer s.Close()
+	time.Sleep(100 * time.Millisecond)
+	if n := p.calls.Load(); n > 2 {
+		t.Fatalf("%d probes in 100ms while pushed; want the first alone", n)
+	}
+	h.SetPushed(false)
+	p.held.Store(false)
+	if !received(s.C(), time.Second) {
+		t.Fatal("the waiter was not woken by polling within a second after the pushing stopped")
+	}
+}
