@@ -90,10 +90,12 @@ type Info struct {
 // instead of each polling the server. Backends without it are polled by every waiter.
 type Notifier interface {
 	// Subscribe starts watching name. A value arrives on the subscription's channel whenever the
-	// lock may have become free: released in this process, released or deleted as seen by a
-	// change stream, or found free or expired by the shared poller, which polls with jittered
-	// exponential backoff between minPoll and maxPoll and wakes no later than the holder's
-	// expiry. Subscribe before an acquire attempt so that no release after the attempt is missed.
+	// lock may have become free: released in this process, released in another as a
+	// notification channel of the backend's (a change stream, release events) reports, or found
+	// free or expired by the shared poller, which polls with jittered exponential backoff
+	// between minPoll and maxPoll (at least 10s apart while a channel pushes every release) and
+	// wakes no later than the holder's expiry. Subscribe before an acquire attempt so that no
+	// release after the attempt is missed.
 	Subscribe(name string, minPoll, maxPoll time.Duration) Subscription
 }
 

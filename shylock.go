@@ -26,7 +26,9 @@
 //     and deletion of the record, so a resource can reject writes from a paused old holder.
 //   - A cancelled Acquire leaves no lock behind, even when its write reached the server and only
 //     the reply was lost.
-//   - Waiting is cheap: the waiters of one name in one process share one poller or change stream.
+//   - Waiting is cheap and quick: the waiters of one name in one process share one poller, and a
+//     release in another process reaches them through the backend's notification channel (a
+//     change stream, or release events on other MongoDB-wire servers) where it has one.
 //
 // What it cannot guarantee: that a holder stops working the instant its lease ends. A process
 // that pauses (GC, SIGSTOP, a slow disk) past its TTL keeps running code it believes is

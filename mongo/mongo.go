@@ -29,6 +29,12 @@
 // after their last holding, so tokens increase per name unless the server's clock steps back by
 // more than the grace period while nobody holds the name.
 //
+// Waiters of other processes are woken by one change stream per backend where the server has
+// change streams (replica sets, sharded clusters), and elsewhere by release events: each release
+// also inserts {name} into the capped collection "<collection>.events", which every backend with
+// waiters follows with one tailable awaitData cursor. Both are hints; waiters still poll, and
+// wake at the holder's expiry.
+//
 // Writes use write concern majority with journaling and reads use read concern majority, so an
 // acknowledged acquire survives a replica-set failover. WithWriteConcern and WithReadConcern
 // relax that, at the price of locks that a failover can forget: two holders at once.
