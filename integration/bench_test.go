@@ -16,6 +16,7 @@ import (
 	"go.mongodb.org/mongo-driver/v2/mongo/writeconcern"
 
 	"github.com/shylock-go/shylock"
+	"github.com/shylock-go/shylock/mongo"
 )
 
 // BenchmarkMongoAcquireRelease compares one uncontended holding with the physical floor of a
@@ -24,21 +25,34 @@ import (
 // fencing tokens need): a plain findAndModify upsert and an update of one record. The three
 // alternate in every iteration, so that a server that slows down as it runs (PostgreSQL's dead
 // tuples under FerretDB) weighs on all alike; it reports the median of each, the ratios, and the
-// commands each sends.
+// commands each sends. Where the backend publishes release events, a fourth alternate, the lock
+// without them, says what the event costs.
 func BenchmarkMongoAcquireRelease(b *testing.B) {
 	ctx := context.Background()
 	monitored, commands := monitoredClient(b)
 	coll := collection(b)
 	coll = monitored.Database(coll.Database().Name()).Collection(coll.Name())
 	backend := newMongo(b, coll)
+	quiet := newMongo(b, coll, mongo.WithReleaseEvents(false))
 	wc := writeconcern.Majority()
 	wc.Journal = new(bool)
 	*wc.Journal = true
 	raw := coll.Clone(options.Collection().SetWriteConcern(wc))
 	var (
-		rawTimes, keepTimes, lockTimes []time.Duration
-		rawCmds, lockCmds              int64
+		rawTimes, keepTimes, lockTimes, quietTimes []time.Duration
+		rawCmds, lockCmds                          int64
 	)
+	pair := func(backend *mongo.Backend, name string) time.Duration {
+		start := time.Now()
+		l := shylock.New(name, shylock.WithBackend(backend))
+		if ok, err := l.TryAcquire(ctx); !ok || err != nil {
+			b.Fatal(ok, err)
+		}
+		if err := l.Release(ctx); err != nil {
+			b.Fatal(err)
+		}
+		return time.Since(start)
+	}
 	for b.Loop() {
 		c0, t0 := commands.Load(), time.Now()
 		if _, err := raw.InsertOne(ctx, bson.D{{Key: "name", Value: "raw"}}); err != nil {
@@ -56,15 +70,12 @@ func BenchmarkMongoAcquireRelease(b *testing.B) {
 			b.Fatal(err)
 		}
 		ck, tk := commands.Load(), time.Now()
-		l := shylock.New("bench", shylock.WithBackend(backend))
-		if ok, err := l.TryAcquire(ctx); !ok || err != nil {
-			b.Fatal(ok, err)
+		lock := pair(backend, "bench")
+		c2 := commands.Load()
+		if backend.ReleaseEvents() {
+			quietTimes = append(quietTimes, pair(quiet, "bench-quiet"))
 		}
-		if err := l.Release(ctx); err != nil {
-			b.Fatal(err)
-		}
-		c2, t2 := commands.Load(), time.Now()
-		rawTimes, keepTimes, lockTimes = append(rawTimes, t1.Sub(t0)), append(keepTimes, tk.Sub(t1)), append(lockTimes, t2.Sub(tk))
+		rawTimes, keepTimes, lockTimes = append(rawTimes, t1.Sub(t0)), append(keepTimes, tk.Sub(t1)), append(lockTimes, lock)
 		rawCmds, lockCmds = rawCmds+c1-c0, lockCmds+c2-ck
 	}
 	rawMedian, keepMedian, lockMedian := median(rawTimes), median(keepTimes), median(lockTimes)
@@ -74,6 +85,9 @@ func BenchmarkMongoAcquireRelease(b *testing.B) {
 	b.ReportMetric(float64(lockMedian.Microseconds()), "shylock-µs")
 	b.ReportMetric(float64(lockMedian)/float64(rawMedian), "shylock/raw")
 	b.ReportMetric(float64(lockMedian)/float64(keepMedian), "shylock/kept")
+	if len(quietTimes) > 0 {
+		b.ReportMetric(float64(median(quietTimes).Microseconds()), "shylock-no-events-µs")
+	}
 	b.ReportMetric(float64(rawCmds)/n, "raw-cmds")
 	b.ReportMetric(float64(lockCmds)/n, "shylock-cmds")
 	b.ReportMetric(0, "ns/op") // the pair, not one operation, is what is measured
