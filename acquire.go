@@ -91,9 +91,9 @@ func (l *Lock) acquire(ctx context.Context, wait bool) (bool, error) {
 		if ctx.Err() != nil {
 			left := undo()
 			if lastErr == nil || errors.Is(lastErr, ctx.Err()) {
-				return false, errors.Join(l.errorf("acquire", ctx.Err()), left)
+				return false, join(l.errorf("acquire", ctx.Err()), left)
 			}
-			return false, errors.Join(l.errorf("acquire", lastErr), ctx.Err(), left)
+			return false, join(l.errorf("acquire", lastErr), ctx.Err(), left)
 		}
 		sent := time.Now()
 		lease, err := cfg.backend.Acquire(ctx, req)
@@ -104,7 +104,7 @@ func (l *Lock) acquire(ctx context.Context, wait bool) (bool, error) {
 		if errors.Is(err, ErrInvalidName) || errors.Is(err, ErrInvalidTTL) || errors.Is(err, ErrRefused) {
 			// Refused without a write, and no retry can help; an earlier attempt may still
 			// have written.
-			return false, errors.Join(l.errorf("acquire", err), undo())
+			return false, join(l.errorf("acquire", err), undo())
 		}
 		locked := errors.Is(err, ErrLocked)
 		if errors.Is(lastErr, ErrLocked) && errors.Is(err, ctx.Err()) {
@@ -123,7 +123,7 @@ func (l *Lock) acquire(ctx context.Context, wait bool) (bool, error) {
 			if locked {
 				return false, nil
 			}
-			return false, errors.Join(l.errorf("acquire", err), undo())
+			return false, join(l.errorf("acquire", err), undo())
 		}
 		// While the lock is held, wait for the shared watcher, which polls within the retry
 		// bounds and wakes no later than the holder's expiry (or poll alone, without one);

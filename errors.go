@@ -1,6 +1,9 @@
 package shylock
 
-import "errors"
+import (
+	"errors"
+	"strings"
+)
 
 // Sentinel errors. Every error returned by this package and its backends wraps at most a few of
 // these, so callers match them with errors.Is; the message around them says which lock and what
@@ -37,6 +40,55 @@ var (
 	// instead of waiting; the message says what to change.
 	ErrRefused = errors.New("shylock: refused by the backend")
 
+	// ErrWorkDone is joined with ErrLost by Do when fn returned nil although the lock was lost
+	// while it ran (found by a renewal that came too late to stop fn, or by the release): the
+	// work was done, but perhaps not alone. Do not simply retry it; ask the protected resource,
+	// which the fencing token lets refuse a stale holder's writes.
+	ErrWorkDone = errors.New("shylock: the work finished, but the lock was lost while it ran")
+
 	// ErrInvalidOption means an option's value cannot work, for example WithRetry with max < min.
 	ErrInvalidOption = errors.New("shylock: invalid option")
 )
+
+// opError is the error of an operation on a lock. Its text names the package once, though the
+// sentinels it wraps carry the package's name too.
+type opError struct {
+	op, name string
+	err      error
+}
+
+func (e *opError) Error() string {
+	return "shylock: " + e.op + " " + quoteName(e.name) + ": " + strings.ReplaceAll(e.err.Error(), "shylock: ", "")
+}
+
+func (e *opError) Unwrap() error { return e.err }
+
+// joined is errors.Join on one line, so that a log line stays one line.
+type joined []error
+
+func (j joined) Error() string {
+	parts := make([]string, len(j))
+	for i, err := range j {
+		parts[i] = err.Error()
+	}
+	return strings.Join(parts, "; ")
+}
+
+func (j joined) Unwrap() []error { return j }
+
+// join returns the errors that are not nil as one error, or nil.
+func join(errs ...error) error {
+	var j joined
+	for _, err := range errs {
+		if err != nil {
+			j = append(j, err)
+		}
+	}
+	switch len(j) {
+	case 0:
+		return nil
+	case 1:
+		return j[0]
+	}
+	return j
+}

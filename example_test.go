@@ -144,5 +144,5 @@ func ExampleLock_Lost() {
 	case <-time.After(time.Second):
 		fmt.Println("still held")
 	}
-	// Output: lost: shylock: release "jobs/reindex": shylock: lock not held: shylock: lock lost (another owner may have held it meanwhile)
+	// Output: lost: shylock: release "jobs/reindex": lock not held: lock lost (another owner may have held it meanwhile)
 }

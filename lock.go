@@ -2,7 +2,6 @@ package shylock
 
 import (
 	"context"
-	"fmt"
 	"sync"
 	"time"
 )
@@ -55,7 +54,7 @@ type holding struct {
 func (l *Lock) Name() string { return l.name }
 
 func (l *Lock) errorf(op string, err error) error {
-	return fmt.Errorf("shylock: %s %q: %w", op, l.name, err)
+	return &opError{op: op, name: l.name, err: err}
 }
 
 // Held reports whether this handle holds the lock: acquired, not released, not known to be
@@ -76,9 +75,10 @@ func (l *Lock) Lost() <-chan struct{} {
 	return l.lost
 }
 
-// Token returns the fencing token of the current holding, or 0 when nothing is held. Tokens
-// strictly increase per name: pass it with each write to a resource that can remember the
-// highest token it has seen and reject lower ones.
+// Token returns the fencing token of the current holding, or 0 before the first Acquire and
+// after Release. A holding that was lost keeps its token until Release, so that it can be
+// reported. Tokens strictly increase per name: pass it with each write to a resource that can
+// remember the highest token it has seen and reject lower ones.
 func (l *Lock) Token() uint64 {
 	l.mu.Lock()
 	defer l.mu.Unlock()

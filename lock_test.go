@@ -368,3 +368,61 @@ func (b *lostThenRefused) Acquire(ctx context.Context, req shylock.AcquireReques
 	}
 	return shylock.Lease{}, errTransient
 }
+
+// TestDoSaysWhetherTheWorkWasDone: a loss found only after fn returned nil must not read like
+// an abandoned task (retrying would do the work twice), and one that stopped fn must.
+func TestDoSaysWhetherTheWorkWasDone(t *testing.T) {
+	b := newMemory(t)
+	// A 10s lease renews after 3.3s: a force-release during a short fn is found at release.
+	err := shylock.Do(ctx, "done", func(context.Context) error {
+		if _, err := b.ForceRelease(ctx, "done"); err != nil {
+			t.Fatal(err)
+		}
+		return nil
+	}, shylock.WithBackend(b), shylock.WithTTL(10*time.Second))
+	if !errors.Is(err, shylock.ErrLost) || !errors.Is(err, shylock.ErrWorkDone) {
+		t.Fatalf("Do whose fn finished after the lock was lost = %v; want ErrLost and ErrWorkDone", err)
+	}
+	// A loss that cancels fn, which then gives up: the work was not done.
+	err = shylock.Do(ctx, "stopped", func(fctx context.Context) error {
+		if _, err := b.ForceRelease(ctx, "stopped"); err != nil {
+			t.Fatal(err)
+		}
+		<-fctx.Done()
+		return context.Cause(fctx)
+	}, shylock.WithBackend(b), shylock.WithTTL(300*time.Millisecond))
+	if !errors.Is(err, shylock.ErrLost) || errors.Is(err, shylock.ErrWorkDone) {
+		t.Fatalf("Do whose fn stopped on the loss = %v; want ErrLost, not ErrWorkDone", err)
+	}
+}
+
+// TestErrorTextIsOneLine: errors go into one-line logs; they name the package once.
+func TestErrorTextIsOneLine(t *testing.T) {
+	b := newMemory(t)
+	h := shylock.New("busy", shylock.WithBackend(b))
+	if ok, _ := h.TryAcquire(ctx); !ok {
+		t.Fatal("TryAcquire failed")
+	}
+	wctx, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancel()
+	long := strings.Repeat("n", 600)
+	for _, err := range []error{
+		shylock.New("busy", shylock.WithBackend(b)).Acquire(wctx),
+		shylock.New("", shylock.WithBackend(b)).Acquire(ctx),
+		shylock.New(long, shylock.WithBackend(b)).Acquire(ctx),
+		shylock.New(long+"\x00", shylock.WithBackend(b)).Acquire(ctx),
+		shylock.New("x", shylock.WithBackend(b), shylock.WithTTL(5*time.Millisecond)).Acquire(ctx),
+	} {
+		msg := err.Error()
+		switch {
+		case strings.Contains(msg, "\n"):
+			t.Errorf("error on several lines: %q", msg)
+		case strings.Count(msg, "shylock: ") != 1:
+			t.Errorf("error names the package %d times: %q", strings.Count(msg, "shylock: "), msg)
+		case len(msg) > 300:
+			t.Errorf("error of %d bytes echoes the whole name: %q", len(msg), msg)
+		case strings.Contains(msg, "168h"):
+			t.Errorf("error writes a week as hours: %q", msg)
+		}
+	}
+}

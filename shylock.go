@@ -39,7 +39,6 @@ package shylock
 import (
 	"context"
 	"errors"
-	"fmt"
 	"slices"
 	"sync/atomic"
 )
@@ -89,9 +88,12 @@ func TokenFrom(ctx context.Context) (uint64, bool) {
 // also when fn returns an error or panics. The lock is renewed automatically while fn runs (pass
 // WithAutoRenew(false) to turn that off). If the lock is lost, fn's context is cancelled with
 // cause ErrLost and Do's error matches ErrLost; fn should then stop touching the protected
-// resource. TokenFrom(ctx) gives fn the holding's fencing token. fn's own error is returned as
-// it is, joined with any release or loss error. A release that fails because the backend cannot
-// be reached is retried for up to 10 s.
+// resource. TokenFrom(ctx) gives fn the holding's fencing token.
+//
+// fn's own error is returned as it is, joined with any release error. When fn returned nil but
+// the lock was lost while it ran, Do's error matches both ErrLost and ErrWorkDone: the work was
+// done, perhaps not alone, and retrying it would do it twice. A release that fails because the
+// backend cannot be reached is retried for up to 10 s.
 func Do(ctx context.Context, name string, fn func(ctx context.Context) error, opts ...Option) (err error) {
 	l := New(name, append([]Option{WithAutoRenew(true)}, opts...)...)
 	if err := l.Acquire(ctx); err != nil {
@@ -103,19 +105,28 @@ func Do(ctx context.Context, name string, fn func(ctx context.Context) error, op
 		defer close(watched)
 		select {
 		case <-l.Lost():
-			cancel(fmt.Errorf("shylock: %q: %w", name, ErrLost))
+			cancel(l.errorf("hold", ErrLost))
 		case <-stop:
 		}
 	}()
+	returned := false // fn returned rather than panicked
 	defer func() {
 		close(stop)
 		<-watched
 		cancel(nil)
 		rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
 		defer rcancel()
-		if rerr := l.releaseRetrying(rctx); rerr != nil && !(errors.Is(rerr, ErrLost) && errors.Is(err, ErrLost)) {
-			err = errors.Join(err, rerr)
+		rerr := l.releaseRetrying(rctx)
+		switch {
+		case rerr == nil:
+		case errors.Is(rerr, ErrLost) && errors.Is(err, ErrLost): // fn has said so already
+		case returned && err == nil && errors.Is(rerr, ErrLost):
+			err = join(ErrWorkDone, rerr)
+		default:
+			err = join(err, rerr)
 		}
 	}()
-	return fn(fnCtx)
+	err = fn(fnCtx)
+	returned = true
+	return err
 }

@@ -2,6 +2,7 @@ package shylock
 
 import (
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -31,17 +32,38 @@ func ValidateName(name string) error {
 	case len(name) > MaxNameLen:
 		return fmt.Errorf("%w: the name is %d bytes, longer than the limit of %d", ErrInvalidName, len(name), MaxNameLen)
 	case !utf8.ValidString(name):
-		return fmt.Errorf("%w: %q is not valid UTF-8", ErrInvalidName, name)
+		return fmt.Errorf("%w: %s is not valid UTF-8", ErrInvalidName, quoteName(name))
 	case strings.IndexByte(name, 0) >= 0:
-		return fmt.Errorf("%w: %q contains a NUL byte", ErrInvalidName, name)
+		return fmt.Errorf("%w: %s contains a NUL byte", ErrInvalidName, quoteName(name))
 	}
 	return nil
+}
+
+// quoteName quotes a name for a message, shortened to its first 60 bytes when it is long.
+func quoteName(name string) string {
+	const keep = 60
+	if len(name) <= keep+4 {
+		return strconv.Quote(name)
+	}
+	cut := keep
+	for cut > 0 && !utf8.RuneStart(name[cut]) {
+		cut--
+	}
+	return strconv.Quote(name[:cut]) + fmt.Sprintf("… (%d bytes)", len(name))
+}
+
+// human writes a duration the way people say it: "7 days" rather than "168h0m0s".
+func human(d time.Duration) string {
+	if d >= 24*time.Hour && d%(24*time.Hour) == 0 {
+		return fmt.Sprintf("%d days", d/(24*time.Hour))
+	}
+	return d.String()
 }
 
 // ValidateTTL reports whether ttl can be a lease length.
 func ValidateTTL(ttl time.Duration) error {
 	if ttl < MinTTL || ttl > MaxTTL {
-		return fmt.Errorf("%w: %v is outside [%v, %v]", ErrInvalidTTL, ttl, MinTTL, MaxTTL)
+		return fmt.Errorf("%w: %v; a TTL must be at least %v and at most %s", ErrInvalidTTL, ttl, MinTTL, human(MaxTTL))
 	}
 	return nil
 }
