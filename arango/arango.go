@@ -44,17 +44,28 @@ const (
 
 // Backend is a shylock.Backend on one ArangoDB collection. It is safe for concurrent use.
 type Backend struct {
-	db   arangodb.Database
-	coll string
-	log  *slog.Logger
-	hub  *waiter.Hub
+	db       arangodb.Database
+	coll     string
+	log      *slog.Logger
+	hub      *waiter.Hub
+	readOnly bool
 }
 
 // Option configures New.
-type Option func(*Backend)
+type Option func(*settings)
+
+type settings struct {
+	log      *slog.Logger
+	readOnly bool
+}
 
 // WithLogger sets where the backend reports what it set up. The default is slog.Default().
-func WithLogger(l *slog.Logger) Option { return func(b *Backend) { b.log = l } }
+func WithLogger(l *slog.Logger) Option { return func(s *settings) { s.log = l } }
+
+// WithReadOnly makes a backend for tools that only look (Inspect, List): New creates nothing and
+// fails if the collection does not exist, and every operation that would write fails with
+// ErrRefused.
+func WithReadOnly() Option { return func(s *settings) { s.readOnly = true } }
 
 // New returns a backend on the collection called collection in db. It creates the collection
 // if it is missing (sharded by name; a concurrent creator is fine), a unique persistent index on
@@ -63,9 +74,24 @@ func New(ctx context.Context, db arangodb.Database, collection string, opts ...O
 	if db == nil || collection == "" {
 		return nil, errors.New("arango: New needs a database and a collection name")
 	}
-	b := &Backend{db: db, coll: collection, log: slog.Default()}
+	s := settings{log: slog.Default()}
 	for _, o := range opts {
-		o(b)
+		o(&s)
+	}
+	b := &Backend{db: db, coll: collection, log: s.log, readOnly: s.readOnly}
+	b.hub = waiter.New(func(ctx context.Context, name string) (bool, time.Duration, error) {
+		info, err := b.Inspect(ctx, name)
+		return info.Held, info.Remaining, err
+	})
+	if s.readOnly {
+		exists, err := db.CollectionExists(ctx, collection)
+		switch {
+		case err != nil:
+			return nil, fmt.Errorf("arango: looking up collection %s: %w", collection, err)
+		case !exists:
+			return nil, fmt.Errorf("arango: collection %s does not exist: nothing has been locked there (is the name right?)", collection)
+		}
+		return b, nil
 	}
 	c, err := b.ensureCollection(ctx)
 	if err != nil {
@@ -80,10 +106,6 @@ func New(ctx context.Context, db arangodb.Database, collection string, opts ...O
 	if _, _, err := c.EnsureTTLIndex(ctx, []string{"expiresAt"}, 0, &arangodb.CreateTTLIndexOptions{Name: TTLIndex}); err != nil {
 		return nil, fmt.Errorf("arango: creating the TTL index on expiresAt in %s: %w", collection, err)
 	}
-	b.hub = waiter.New(func(ctx context.Context, name string) (bool, time.Duration, error) {
-		info, err := b.Inspect(ctx, name)
-		return info.Held, info.Remaining, err
-	})
 	return b, nil
 }
 
@@ -187,6 +209,9 @@ func (b *Backend) Acquire(ctx context.Context, req shylock.AcquireRequest) (shyl
 	if req.Owner == "" {
 		return shylock.Lease{}, fmt.Errorf("arango: acquire %q: empty owner id", req.Name)
 	}
+	if b.readOnly {
+		return shylock.Lease{}, refuseWrite("acquire", req.Name)
+	}
 	var row *leaseRow
 	err := b.run(ctx, b.acquireQuery(req.Name, req.Owner, req.Label, req.TTL), func(c arangodb.Cursor) error {
 		row = new(leaseRow)
@@ -203,6 +228,11 @@ func (b *Backend) Acquire(ctx context.Context, req shylock.AcquireRequest) (shyl
 	return shylock.Lease{Token: uint64(row.Token), ExpiresAt: seconds(row.ExpiresAt), Valid: req.TTL}, nil
 }
 
+// refuseWrite is the error of a write on a read-only backend.
+func refuseWrite(op, name string) error {
+	return fmt.Errorf("arango: %s %q: %w: the backend was opened with WithReadOnly", op, name, shylock.ErrRefused)
+}
+
 func notHeld(name string) error {
 	return fmt.Errorf("%w: %q is not held by this owner (expired, released or taken over)", shylock.ErrNotHeld, name)
 }
@@ -217,6 +247,9 @@ func (b *Backend) Extend(ctx context.Context, name, owner string, token uint64, 
 	}
 	if owner == "" {
 		return shylock.Lease{}, notHeld(name)
+	}
+	if b.readOnly {
+		return shylock.Lease{}, refuseWrite("extend", name)
 	}
 	var row *leaseRow
 	err := b.run(ctx, b.extendQuery(name, owner, token, ttl), func(c arangodb.Cursor) error {
@@ -242,6 +275,9 @@ func (b *Backend) Release(ctx context.Context, name, owner string, token uint64)
 	}
 	if owner == "" {
 		return notHeld(name)
+	}
+	if b.readOnly {
+		return refuseWrite("release", name)
 	}
 	released := false
 	err := b.run(ctx, b.releaseQuery(name, owner, token), func(c arangodb.Cursor) error {
@@ -298,6 +334,9 @@ func (b *Backend) List(ctx context.Context, prefix string) ([]shylock.Info, erro
 func (b *Backend) ForceRelease(ctx context.Context, name string) (shylock.Info, error) {
 	if err := shylock.ValidateName(name); err != nil {
 		return shylock.Info{}, err
+	}
+	if b.readOnly {
+		return shylock.Info{}, refuseWrite("force-release", name)
 	}
 	var row *withNow
 	err := b.run(ctx, b.forceReleaseQuery(name), func(c arangodb.Cursor) error {

@@ -152,3 +152,21 @@ func TestRefusesBadInputBeforeIO(t *testing.T) {
 		t.Fatalf("ForceRelease with a long name: %v", err)
 	}
 }
+
+// TestReadOnlyRefusesWrites: a Backend with no database would panic on any I/O.
+func TestReadOnlyRefusesWrites(t *testing.T) {
+	b := &Backend{readOnly: true}
+	ctx := t.Context()
+	if _, err := b.Acquire(ctx, shylock.AcquireRequest{Name: "n", Owner: "o", TTL: time.Second}); !errors.Is(err, shylock.ErrRefused) {
+		t.Errorf("Acquire: %v", err)
+	}
+	if _, err := b.Extend(ctx, "n", "o", 1, time.Second); !errors.Is(err, shylock.ErrRefused) {
+		t.Errorf("Extend: %v", err)
+	}
+	if err := b.Release(ctx, "n", "o", 1); !errors.Is(err, shylock.ErrRefused) {
+		t.Errorf("Release: %v", err)
+	}
+	if _, err := b.ForceRelease(ctx, "n"); !errors.Is(err, shylock.ErrRefused) {
+		t.Errorf("ForceRelease: %v", err)
+	}
+}

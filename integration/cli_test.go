@@ -17,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	"go.mongodb.org/mongo-driver/v2/bson"
+
 	"github.com/shylock-go/shylock"
 )
 
@@ -106,15 +108,136 @@ func TestCLIHelpAndUsage(t *testing.T) {
 	if code := exitCode(t, err); code != 1 || !strings.Contains(string(out), "SHYLOCK_MONGO_URI") {
 		t.Errorf("list with no server exited %d:\n%s", code, out)
 	}
+	if out, code := c.run("version"); code != 0 || !strings.HasPrefix(out, "shylock ") {
+		t.Errorf("version exited %d:\n%s", code, out)
+	}
+}
+
+// TestCLIArgumentsAndExitCodes: flags work after the lock name, and every mistake is a usage
+// error (2), found before anything is acquired, in one line.
+func TestCLIArgumentsAndExitCodes(t *testing.T) {
+	c := newCLI(t)
+	for _, tc := range []struct {
+		args []string
+		code int
+		says string
+	}{
+		{[]string{"run", "--bogus", "x", "--", "true"}, 2, "flag provided but not defined: -bogus"},
+		{[]string{"run", "x", "--no-wait"}, 2, "run needs a lock name and a command"},
+		{[]string{"run", "", "--", "true"}, 2, "invalid lock name"},
+		{[]string{"run", "--ttl", "5ms", "x", "--", "true"}, 2, "at most 7 days"},
+		{[]string{"run", "x", "--wait", "-1s", "--", "true"}, 2, "--wait -1s"},
+		{[]string{"run", "x", "--no-wait", "--wait", "2s", "--", "true"}, 2, "contradict"},
+		{[]string{"run", "x", "--", "no-such-command-here"}, 127, "command not found"},
+		{[]string{"inspect", strings.Repeat("n", 600)}, 2, "600 bytes"},
+		{[]string{"frobnicate"}, 2, `unknown command "frobnicate"`},
+	} {
+		out, code := c.run(tc.args...)
+		switch {
+		case code != tc.code || !strings.Contains(out, tc.says):
+			t.Errorf("shylock %q exited %d, want %d saying %q:\n%s", tc.args, code, tc.code, tc.says, out)
+		case strings.Count(strings.TrimSpace(out), "\n") != 0 || strings.Contains(out, "Usage:"):
+			t.Errorf("shylock %q said more than one line:\n%s", tc.args, out)
+		case strings.Contains(out, "shylock: shylock:") || len(out) > 300:
+			t.Errorf("shylock %q stutters or echoes too much:\n%s", tc.args, out)
+		}
+	}
+	if info, err := newMongo(t, client.Database("shylock_test").Collection(c.coll)).Inspect(context.Background(), "x"); err != nil || info.Token != 0 {
+		t.Fatalf("a refused run acquired the lock: %+v, %v", info, err)
+	}
+
+	// Flags after the name, as users write them.
+	holder := shylock.New("after", shylock.WithBackend(newMongo(t, client.Database("shylock_test").Collection(c.coll))))
+	if ok, err := holder.TryAcquire(context.Background()); !ok || err != nil {
+		t.Fatal(ok, err)
+	}
+	if out, code := c.run("run", "after", "--no-wait", "--", "true"); code != 75 {
+		t.Errorf("run NAME --no-wait on a held lock exited %d, want 75:\n%s", code, out)
+	}
+	if out, code := c.run("inspect", "after", "--json"); code != 0 || !strings.Contains(out, `"state": "held"`) {
+		t.Errorf("inspect NAME --json exited %d:\n%s", code, out)
+	}
+	if out, code := c.run("release", "after", "--force"); code != 0 || !strings.Contains(out, "released") {
+		t.Errorf("release NAME --force exited %d:\n%s", code, out)
+	}
+}
+
+// TestCLIReadOnlyAndUnreachable: looking writes nothing, and a server that is not there is said
+// in one line, quickly.
+func TestCLIReadOnlyAndUnreachable(t *testing.T) {
+	c := newCLI(t)
+	typo := c.coll + "_typo"
+	if out, code := c.run("list", "--collection", typo); code != 1 || !strings.Contains(out, "does not exist") {
+		t.Errorf("list of a collection that does not exist exited %d:\n%s", code, out)
+	}
+	if out, code := c.run("inspect", "--collection", typo, "x"); code != 1 || !strings.Contains(out, "does not exist") {
+		t.Errorf("inspect in a collection that does not exist exited %d:\n%s", code, out)
+	}
+	names, err := client.Database("shylock_test").ListCollectionNames(context.Background(), bson.D{{Key: "name", Value: bson.D{{Key: "$regex", Value: "^" + typo}}}})
+	if err != nil || len(names) != 0 {
+		t.Fatalf("read-only commands created %v (%v)", names, err)
+	}
+
+	cmd := boundedCmd(t, c.bin, "list", "--timeout", "1s")
+	cmd.Env = append(os.Environ(), "SHYLOCK_MONGO_URI=mongodb://127.0.0.1:1/", "SHYLOCK_ARANGO_URL=")
+	start := time.Now()
+	out, err := cmd.CombinedOutput()
+	if code := exitCode(t, err); code != 1 || !strings.Contains(string(out), "cannot reach MongoDB at 127.0.0.1:1 within 1s") ||
+		strings.Count(strings.TrimSpace(string(out)), "\n") != 0 {
+		t.Errorf("list against nothing exited %d:\n%s", code, out)
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Errorf("list against nothing took %v with --timeout 1s", d)
+	}
+}
+
+// TestCLIJSON: the documented schema: snake_case, RFC 3339 times, seconds, no expiry when free.
+func TestCLIJSON(t *testing.T) {
+	c := newCLI(t)
+	b := newMongo(t, client.Database("shylock_test").Collection(c.coll))
+	held := shylock.New("json/held", shylock.WithBackend(b), shylock.WithOwner("cron"), shylock.WithTTL(time.Minute))
+	if ok, err := held.TryAcquire(context.Background()); !ok || err != nil {
+		t.Fatal(ok, err)
+	}
+	free := shylock.New("json/free", shylock.WithBackend(b))
+	if ok, err := free.TryAcquire(context.Background()); !ok || err != nil {
+		t.Fatal(ok, err)
+	}
+	_ = free.Release(context.Background())
+	out, code := c.run("list", "--prefix", "json/", "--json")
+	var locks []map[string]any
+	if code != 0 || json.Unmarshal([]byte(out), &locks) != nil || len(locks) != 2 {
+		t.Fatalf("list --json exited %d:\n%s", code, out)
+	}
+	f, h := locks[0], locks[1] // sorted by name
+	if f["state"] != "free" || f["expires_at"] != nil || f["remaining_seconds"] != nil {
+		t.Errorf("a free lock: %v; want state free, no expiry, no time remaining", f)
+	}
+	secs, _ := h["remaining_seconds"].(float64)
+	if h["state"] != "held" || h["holder"] != "cron" || secs <= 50 || secs > 60 {
+		t.Errorf("a held lock: %v; want state held, holder cron, about 60 remaining_seconds", h)
+	}
+	for _, key := range []string{"acquired_at", "renewed_at", "expires_at"} {
+		s, _ := h[key].(string)
+		if _, err := time.Parse(time.RFC3339Nano, s); err != nil || !strings.HasSuffix(s, "Z") {
+			t.Errorf("%s = %v: want an RFC 3339 time in UTC", key, h[key])
+		}
+	}
+	text, _ := c.run("inspect", "json/held")
+	for _, key := range []string{"name", "state", "holder", "owner_id", "token", "acquired_at", "renewed_at", "expires_at", "remaining_seconds"} {
+		if !strings.Contains(text, key+" ") {
+			t.Errorf("inspect's text lacks the field %s:\n%s", key, text)
+		}
+	}
 }
 
 func TestCLIRunListInspectRelease(t *testing.T) {
 	c := newCLI(t)
-	if out, code := c.run("list"); code != 0 || !strings.HasPrefix(out, "NAME") {
-		t.Fatalf("list on an empty collection exited %d:\n%s", code, out)
-	}
 	if out, code := c.run("run", "jobs/x", "--", "sh", "-c", "exit 7"); code != 7 {
 		t.Fatalf("run of a command that exits 7 exited %d:\n%s", code, out)
+	}
+	if out, code := c.run("list"); code != 0 || !strings.HasPrefix(out, "NAME") || !strings.Contains(out, "free") {
+		t.Fatalf("list exited %d:\n%s", code, out)
 	}
 
 	// A long run holds the lock while the other subcommands look at it.
@@ -131,8 +254,8 @@ func TestCLIRunListInspectRelease(t *testing.T) {
 		t.Fatalf("inspect exited %d:\n%s", code, out)
 	}
 	out, code = c.run("list", "--prefix", "jobs/", "--json")
-	var infos []shylock.Info
-	if code != 0 || json.Unmarshal([]byte(out), &infos) != nil || len(infos) != 1 || !infos[0].Held || infos[0].Label != "nightly cron" {
+	var locks []struct{ State, Holder string }
+	if code != 0 || json.Unmarshal([]byte(out), &locks) != nil || len(locks) != 1 || locks[0].State != "held" || locks[0].Holder != "nightly cron" {
 		t.Fatalf("list --json exited %d:\n%s", code, out)
 	}
 	if out, code := c.run("run", "--no-wait", "jobs/x", "--", "true"); code != 75 || !strings.Contains(out, "nightly cron") {

@@ -451,3 +451,30 @@ func TestMongoDroppedCollection(t *testing.T) {
 		t.Fatalf("indexes after acquiring in a dropped collection: %+v; the unique index on name was not restored", specs)
 	}
 }
+
+// TestMongoReadOnly: a read-only backend writes nothing: on a collection that does not exist it
+// says so and leaves nothing behind; on one that does it lists and refuses writes.
+func TestMongoReadOnly(t *testing.T) {
+	ctx := context.Background()
+	missing := collection(t)
+	if _, err := mongo.New(ctx, missing, mongo.WithReadOnly()); err == nil || !strings.Contains(err.Error(), "does not exist") {
+		t.Fatalf("read-only New on a missing collection: %v; want it to say the collection does not exist", err)
+	}
+	names, err := missing.Database().ListCollectionNames(ctx, bson.D{{Key: "name", Value: bson.D{{Key: "$regex", Value: "^" + missing.Name()}}}})
+	if err != nil || len(names) != 0 {
+		t.Fatalf("read-only New left %v behind (%v)", names, err)
+	}
+
+	coll := collection(t)
+	w := newMongo(t, coll)
+	if ok, err := shylock.New("seen", shylock.WithBackend(w)).TryAcquire(ctx); !ok || err != nil {
+		t.Fatal(ok, err)
+	}
+	r := newMongo(t, coll, mongo.WithReadOnly())
+	if infos, err := r.List(ctx, ""); err != nil || len(infos) != 1 || !infos[0].Held {
+		t.Fatalf("read-only List = %+v, %v", infos, err)
+	}
+	if _, err := r.ForceRelease(ctx, "seen"); !errors.Is(err, shylock.ErrRefused) {
+		t.Fatalf("read-only ForceRelease: %v; want ErrRefused", err)
+	}
+}

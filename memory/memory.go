@@ -37,21 +37,25 @@ type record struct {
 	acquiredAt, renewedAt, expiresAt time.Time
 }
 
-// Option configures a Backend.
-type Option func(*Backend)
+// Option configures New. (The memory backend has no logger: nothing in it fails or falls back
+// in a way a return value would not say.)
+type Option func(*settings)
+
+type settings struct{ now func() time.Time }
 
 // WithClock replaces the backend's clock, which alone decides expiry, as a database server's
 // clock does. Tests use it to move time without sleeping; now must be safe for concurrent use.
 func WithClock(now func() time.Time) Option {
-	return func(b *Backend) { b.now = now }
+	return func(s *settings) { s.now = now }
 }
 
 // New returns an empty in-process backend.
 func New(opts ...Option) *Backend {
-	b := &Backend{now: time.Now, locks: map[string]*record{}, sweepSize: 1024}
+	s := settings{now: time.Now}
 	for _, o := range opts {
-		o(b)
+		o(&s)
 	}
+	b := &Backend{now: s.now, locks: map[string]*record{}, sweepSize: 1024}
 	b.hub = waiter.New(func(ctx context.Context, name string) (bool, time.Duration, error) {
 		info, err := b.Inspect(ctx, name)
 		return info.Held, info.Remaining, err

@@ -47,6 +47,9 @@ func (b *Backend) Acquire(ctx context.Context, req shylock.AcquireRequest) (shyl
 	if req.Owner == "" {
 		return shylock.Lease{}, fmt.Errorf("mongo: acquire %q: empty owner id", req.Name)
 	}
+	if b.readOnly {
+		return shylock.Lease{}, b.refuseWrite("acquire", req.Name)
+	}
 	if req.TTL <= b.offset {
 		return shylock.Lease{}, fmt.Errorf("%w: %v is not longer than the maximum clock offset %v between the servers, so no holder could trust it; "+
 			"use a longer TTL or set mongo.WithMaxClockOffset", shylock.ErrInvalidTTL, req.TTL, b.offset)

@@ -104,6 +104,9 @@ func (b *Backend) ForceRelease(ctx context.Context, name string) (shylock.Info, 
 	if err := shylock.ValidateName(name); err != nil {
 		return shylock.Info{}, err
 	}
+	if b.readOnly {
+		return shylock.Info{}, b.refuseWrite("force-release", name)
+	}
 	lo, _, err := b.server.clock.Bounds(ctx)
 	if err != nil {
 		return shylock.Info{}, err

@@ -27,6 +27,9 @@ func (b *Backend) Extend(ctx context.Context, name, owner string, token uint64, 
 	if owner == "" {
 		return shylock.Lease{}, notHeld(name)
 	}
+	if b.readOnly {
+		return shylock.Lease{}, b.refuseWrite("extend", name)
+	}
 	if ttl <= b.offset {
 		return shylock.Lease{}, fmt.Errorf("%w: %v is not longer than the maximum clock offset %v between the servers", shylock.ErrInvalidTTL, ttl, b.offset)
 	}
@@ -74,6 +77,9 @@ func (b *Backend) Release(ctx context.Context, name, owner string, token uint64)
 	}
 	if owner == "" {
 		return notHeld(name)
+	}
+	if b.readOnly {
+		return b.refuseWrite("release", name)
 	}
 	if token == 0 && !b.serverNow {
 		// Cleaning up after an attempt of unknown outcome: it may have left a claim.

@@ -48,6 +48,7 @@ import (
 	"sync"
 	"time"
 
+	"go.mongodb.org/mongo-driver/v2/bson"
 	mdb "go.mongodb.org/mongo-driver/v2/mongo"
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
 	"go.mongodb.org/mongo-driver/v2/mongo/readconcern"
@@ -66,6 +67,7 @@ type Backend struct {
 	server  *server
 	hub     *waiter.Hub
 
+	readOnly  bool          // from WithReadOnly: nothing is written
 	serverNow bool          // expiry judged by $$NOW in pipeline updates, not by the estimate
 	offset    time.Duration // the maximum clock offset between the servers
 	grace     time.Duration // how long the TTL index keeps a record after its expiry
@@ -117,6 +119,9 @@ func New(ctx context.Context, coll *mdb.Collection, opts ...Option) (*Backend, e
 	if s.offset != nil {
 		b.offset = *s.offset
 	}
+	if s.readOnly {
+		return b.openReadOnly(ctx)
+	}
 	if err := b.ensureIndexes(ctx); err != nil {
 		return nil, err
 	}
@@ -135,6 +140,26 @@ func New(ctx context.Context, coll *mdb.Collection, opts ...Option) (*Backend, e
 	}
 	b.hub = waiter.New(b.probe)
 	return b, nil
+}
+
+// openReadOnly finishes New for WithReadOnly: it only makes sure the collection exists.
+func (b *Backend) openReadOnly(ctx context.Context) (*Backend, error) {
+	names, err := b.coll.Database().ListCollectionNames(ctx, bson.D{{Key: "name", Value: b.coll.Name()}})
+	if err != nil {
+		return nil, fmt.Errorf("mongo: New: looking up collection %s: %w", b.coll.Name(), err)
+	}
+	if len(names) == 0 {
+		return nil, fmt.Errorf("mongo: collection %s.%s does not exist: nothing has been locked there (is the name right?)",
+			b.coll.Database().Name(), b.coll.Name())
+	}
+	b.readOnly, b.noStreams = true, true
+	b.hub = waiter.New(b.probe)
+	return b, nil
+}
+
+// refuseWrite is the error of a write on a read-only backend.
+func (b *Backend) refuseWrite(op, name string) error {
+	return fmt.Errorf("mongo: %s %q: %w: the backend was opened with WithReadOnly", op, name, shylock.ErrRefused)
 }
 
 // Close stops the change stream and every waiter's poller. Locks stay in the database.

@@ -35,6 +35,7 @@ type settings struct {
 	offset      *time.Duration // nil: decided by the topology
 	grace       time.Duration
 	serverClock *bool // nil: detected
+	readOnly    bool
 	err         error // the first invalid option
 }
 
@@ -123,3 +124,8 @@ func WithGracePeriod(d time.Duration) Option {
 // replies, which holds only for a single server (use it where the server's pipeline updates
 // misbehave). Without this option New sends one acquire of a record of its own to find out.
 func WithServerClock(on bool) Option { return func(s *settings) { s.serverClock = &on } }
+
+// WithReadOnly makes a backend for tools that only look (Inspect, List): New writes nothing (no
+// index, no probe, no events collection) and fails if the collection does not exist, and every
+// operation that would write fails with ErrRefused.
+func WithReadOnly() Option { return func(s *settings) { s.readOnly = true } }

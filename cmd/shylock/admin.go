@@ -26,6 +26,7 @@ func newFlags(name, args, summary string) (*flag.FlagSet, *connect.Config) {
 	fs.StringVar(&cfg.ArangoURL, "arango-url", cfg.ArangoURL, "ArangoDB endpoint, credentials as user info ($"+connect.EnvArangoURL+")")
 	fs.StringVar(&cfg.ArangoDatabase, "arango-database", cfg.ArangoDatabase, "ArangoDB database ($"+connect.EnvArangoDatabase+")")
 	fs.StringVar(&cfg.Collection, "collection", cfg.Collection, "lock collection ($"+connect.EnvCollection+")")
+	fs.DurationVar(&cfg.Timeout, "timeout", connect.DefaultTimeout, "how long connecting to the server may take")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: shylock %s %s\n\n%s.\n\nFlags:\n", name, args, summary)
 		fs.PrintDefaults()
@@ -33,27 +34,35 @@ func newFlags(name, args, summary string) (*flag.FlagSet, *connect.Config) {
 	return fs, &cfg
 }
 
-// open connects to the configured server, with a bound on how long that may take.
+// open connects to the configured server within --timeout.
 func open(ctx context.Context, e *env, cfg *connect.Config) (shylock.Backend, func(), int) {
-	octx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	b, closeBackend, err := cfg.Open(octx)
+	b, closeBackend, err := cfg.Open(ctx)
 	if err != nil {
-		return nil, nil, e.failf(exitError, "%v", err)
+		return nil, nil, e.fail(exitError, err)
 	}
 	return b, closeBackend, 0
+}
+
+// lockName checks a lock name given as an argument: a bad one is a usage error.
+func lockName(e *env, name string) (string, int) {
+	if err := shylock.ValidateName(name); err != nil {
+		return "", e.fail(exitUsage, err)
+	}
+	return name, 0
 }
 
 func runList(ctx context.Context, e *env, args []string) int {
 	fs, cfg := newFlags("list", listArgs, "List locks, held or not, whose names start with a prefix")
 	prefix := fs.String("prefix", "", "only locks whose names start with this (literally)")
-	asJSON := fs.Bool("json", false, "print JSON instead of a table")
-	if ok, code := parse(e, fs, args); !ok {
+	asJSON := fs.Bool("json", false, "print JSON instead of a table (the fields of inspect --json)")
+	rest, after, ok, code := parse(e, fs, args)
+	if !ok {
 		return code
 	}
-	if fs.NArg() != 0 {
+	if len(rest)+len(after) != 0 {
 		return e.failf(exitUsage, "list takes no arguments; use --prefix")
 	}
+	cfg.ReadOnly = true
 	b, closeBackend, code := open(ctx, e, cfg)
 	if b == nil {
 		return code
@@ -61,10 +70,14 @@ func runList(ctx context.Context, e *env, args []string) int {
 	defer closeBackend()
 	infos, err := b.List(ctx, *prefix)
 	if err != nil {
-		return e.failf(exitError, "%v", err)
+		return e.fail(exitError, err)
 	}
 	if *asJSON {
-		return printJSON(e, infos)
+		out := make([]lockJSON, len(infos))
+		for i, in := range infos {
+			out[i] = toJSON(in)
+		}
+		return printJSON(e, out)
 	}
 	table(e.stdout, infos, time.Now())
 	return 0
@@ -72,75 +85,117 @@ func runList(ctx context.Context, e *env, args []string) int {
 
 func runInspect(ctx context.Context, e *env, args []string) int {
 	fs, cfg := newFlags("inspect", inspectArgs, "Show one lock")
-	asJSON := fs.Bool("json", false, "print JSON")
-	if ok, code := parse(e, fs, args); !ok {
+	asJSON := fs.Bool("json", false, "print JSON: name, state, holder, owner_id, token, acquired_at, renewed_at, expires_at, remaining_seconds")
+	rest, after, ok, code := parse(e, fs, args)
+	if !ok {
 		return code
 	}
-	if fs.NArg() != 1 {
+	if rest = append(rest, after...); len(rest) != 1 {
 		return e.failf(exitUsage, "inspect takes one lock name")
 	}
+	name, code := lockName(e, rest[0])
+	if code != 0 {
+		return code
+	}
+	cfg.ReadOnly = true
 	b, closeBackend, code := open(ctx, e, cfg)
 	if b == nil {
 		return code
 	}
 	defer closeBackend()
-	info, err := b.Inspect(ctx, fs.Arg(0))
+	info, err := b.Inspect(ctx, name)
 	if err != nil {
-		return e.failf(exitError, "%v", err)
+		return e.fail(exitError, err)
 	}
+	j := toJSON(info)
 	if *asJSON {
-		return printJSON(e, info)
+		return printJSON(e, j)
 	}
 	w := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintf(w, "name\t%s\n", info.Name)
-	switch {
-	case info.Held:
-		fmt.Fprintf(w, "state\theld, %s left\n", info.Remaining.Round(time.Millisecond))
-	case info.Token == 0:
-		fmt.Fprintf(w, "state\tfree (never locked, or its record was removed)\n")
-	default:
-		fmt.Fprintf(w, "state\tfree\n")
-	}
+	fmt.Fprintf(w, "name\t%s\n", j.Name)
+	fmt.Fprintf(w, "state\t%s\n", j.State)
 	if info.Token != 0 {
-		fmt.Fprintf(w, "holder\t%s\n", info.Label)
-		fmt.Fprintf(w, "owner id\t%s\n", dash(info.Owner))
-		fmt.Fprintf(w, "token\t%d\n", info.Token)
-		fmt.Fprintf(w, "acquired\t%s\n", info.AcquiredAt.Format(time.RFC3339Nano))
-		fmt.Fprintf(w, "renewed\t%s\n", info.RenewedAt.Format(time.RFC3339Nano))
-		if !info.ExpiresAt.IsZero() { // a released lock has none
-			fmt.Fprintf(w, "expires\t%s\n", info.ExpiresAt.Format(time.RFC3339Nano))
+		fmt.Fprintf(w, "holder\t%s\n", dash(j.Holder))
+		fmt.Fprintf(w, "owner_id\t%s\n", dash(j.OwnerID))
+		fmt.Fprintf(w, "token\t%d\n", j.Token)
+		for _, t := range []struct {
+			key string
+			at  *time.Time
+		}{{"acquired_at", j.AcquiredAt}, {"renewed_at", j.RenewedAt}, {"expires_at", j.ExpiresAt}} {
+			if t.at != nil {
+				fmt.Fprintf(w, "%s\t%s\n", t.key, t.at.Format(time.RFC3339Nano))
+			}
 		}
+	}
+	if j.RemainingSeconds != nil {
+		fmt.Fprintf(w, "remaining_seconds\t%.3f\n", *j.RemainingSeconds)
 	}
 	_ = w.Flush()
 	return 0
+}
+
+// lockJSON is the stable shape of a lock in --json output: snake_case, RFC 3339 times in UTC,
+// durations in seconds; a free lock has no expiry and no time remaining.
+type lockJSON struct {
+	Name             string     `json:"name"`
+	State            string     `json:"state"` // "held" or "free"
+	Holder           string     `json:"holder,omitempty"`
+	OwnerID          string     `json:"owner_id,omitempty"`
+	Token            uint64     `json:"token"` // of the current or last holding; 0 if never locked
+	AcquiredAt       *time.Time `json:"acquired_at,omitempty"`
+	RenewedAt        *time.Time `json:"renewed_at,omitempty"`
+	ExpiresAt        *time.Time `json:"expires_at,omitempty"`
+	RemainingSeconds *float64   `json:"remaining_seconds,omitempty"`
+}
+
+func toJSON(in shylock.Info) lockJSON {
+	at := func(t time.Time) *time.Time {
+		if t.IsZero() {
+			return nil
+		}
+		u := t.UTC()
+		return &u
+	}
+	j := lockJSON{Name: in.Name, State: "free", Holder: in.Label, OwnerID: in.Owner, Token: in.Token,
+		AcquiredAt: at(in.AcquiredAt), RenewedAt: at(in.RenewedAt)}
+	if in.Held {
+		secs := in.Remaining.Seconds()
+		j.State, j.ExpiresAt, j.RemainingSeconds = "held", at(in.ExpiresAt), &secs
+	}
+	return j
 }
 
 func runRelease(ctx context.Context, e *env, args []string) int {
 	fs, cfg := newFlags("release", releaseArgs,
 		"Free a lock whoever holds it. Its holder learns at its next renewal and its Release fails; the fencing sequence goes on")
 	force := fs.Bool("force", false, "required: confirms that you mean to take the lock from its holder")
-	if ok, code := parse(e, fs, args); !ok {
+	rest, after, ok, code := parse(e, fs, args)
+	if !ok {
 		return code
 	}
-	if fs.NArg() != 1 {
+	if rest = append(rest, after...); len(rest) != 1 {
 		return e.failf(exitUsage, "release takes one lock name")
 	}
 	if !*force {
 		return e.failf(exitUsage, "release takes a lock from whoever holds it; add --force to confirm")
+	}
+	name, code := lockName(e, rest[0])
+	if code != 0 {
+		return code
 	}
 	b, closeBackend, code := open(ctx, e, cfg)
 	if b == nil {
 		return code
 	}
 	defer closeBackend()
-	before, err := b.ForceRelease(ctx, fs.Arg(0))
+	before, err := b.ForceRelease(ctx, name)
 	switch {
 	case errors.Is(err, shylock.ErrNotHeld):
-		return e.failf(exitNotHeld, "%q is not held; nothing to release", fs.Arg(0))
+		return e.failf(exitNotHeld, "%s is not held; nothing to release", short(name))
 	case err != nil:
-		return e.failf(exitError, "%v", err)
+		return e.fail(exitError, err)
 	}
-	fmt.Fprintf(e.stdout, "released %q, held by %s (token %d, %s left)\n", before.Name, before.Label, before.Token,
+	fmt.Fprintf(e.stdout, "released %s, held by %s (token %d, %s left)\n", short(before.Name), before.Label, before.Token,
 		before.Remaining.Round(time.Millisecond))
 	return 0
 }
@@ -150,12 +205,14 @@ func runWatch(ctx context.Context, e *env, args []string) int {
 	prefix := fs.String("prefix", "", "only locks whose names start with this (literally)")
 	interval := fs.Duration("interval", time.Second, "how often to read the locks")
 	stopAfter := fs.Duration("for", 0, "stop after this long (0: until interrupted)")
-	if ok, code := parse(e, fs, args); !ok {
+	rest, after, ok, code := parse(e, fs, args)
+	if !ok {
 		return code
 	}
-	if fs.NArg() != 0 || *interval <= 0 {
-		return e.failf(exitUsage, "watch takes no arguments and a positive --interval")
+	if len(rest)+len(after) != 0 || *interval <= 0 || *stopAfter < 0 {
+		return e.failf(exitUsage, "watch takes no arguments, a positive --interval and a --for that is not negative")
 	}
+	cfg.ReadOnly = true
 	b, closeBackend, code := open(ctx, e, cfg)
 	if b == nil {
 		return code
@@ -176,7 +233,7 @@ func runWatch(ctx context.Context, e *env, args []string) int {
 		case ctx.Err() != nil:
 			return 0
 		case err != nil:
-			fmt.Fprintf(e.stderr, "shylock: %v (retrying)\n", err)
+			e.fail(0, fmt.Errorf("%w (retrying)", err))
 		default:
 			var buf bytes.Buffer
 			table(&buf, infos, time.Time{}) // without times, so only real changes redraw
@@ -226,7 +283,7 @@ func printJSON(e *env, v any) int {
 	enc := json.NewEncoder(e.stdout)
 	enc.SetIndent("", "  ")
 	if err := enc.Encode(v); err != nil {
-		return e.failf(exitError, "%v", err)
+		return e.fail(exitError, err)
 	}
 	return 0
 }

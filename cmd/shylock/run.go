@@ -25,21 +25,36 @@ func runRun(ctx context.Context, e *env, args []string) int {
 	wait := fs.Duration("wait", 0, "give up waiting after this long (exit 75); 0 waits for ever")
 	owner := fs.String("owner", fmt.Sprintf("shylock run on %s/%d", host, os.Getpid()), "holder description shown by list and inspect")
 	sigName := fs.String("signal", "TERM", "signal for COMMAND when the lock is lost: TERM, INT, KILL or HUP")
-	if ok, code := parse(e, fs, args); !ok {
+	rest, argv, ok, code := parse(e, fs, args)
+	switch {
+	case !ok:
 		return code
-	}
-	rest := fs.Args()
-	if len(rest) > 1 && rest[1] == "--" {
-		rest = append(rest[:1:1], rest[2:]...)
-	}
-	if len(rest) < 2 {
+	case len(rest) != 1 || len(argv) == 0:
 		return e.failf(exitUsage, "run needs a lock name and a command: shylock run [flags] NAME -- COMMAND [ARGS...]")
+	case *noWait && *wait != 0:
+		return e.failf(exitUsage, "--no-wait and --wait contradict each other; give one")
+	case *wait < 0:
+		return e.failf(exitUsage, "--wait %v: give a positive duration, or leave it out to wait for as long as it takes", *wait)
+	}
+	if err := shylock.ValidateTTL(*ttl); err != nil {
+		return e.fail(exitUsage, fmt.Errorf("--ttl: %w", err))
 	}
 	sig, ok := map[string]syscall.Signal{"TERM": syscall.SIGTERM, "INT": syscall.SIGINT, "KILL": syscall.SIGKILL, "HUP": syscall.SIGHUP}[*sigName]
 	if !ok {
 		return e.failf(exitUsage, "--signal %q: use TERM, INT, KILL or HUP", *sigName)
 	}
-	name, argv := rest[0], rest[1:]
+	name, code := lockName(e, rest[0])
+	if code != 0 {
+		return code
+	}
+	// Find the command before taking the lock, as a shell would tell: 127 not found, 126 not
+	// executable.
+	if _, err := exec.LookPath(argv[0]); err != nil {
+		if errors.Is(err, exec.ErrNotFound) || errors.Is(err, os.ErrNotExist) {
+			return e.failf(exitNotFound, "%s: command not found", argv[0])
+		}
+		return e.failf(exitNoExec, "%s: %v", argv[0], err)
+	}
 
 	b, closeBackend, code := open(ctx, e, cfg)
 	if b == nil {
@@ -54,7 +69,7 @@ func runRun(ctx context.Context, e *env, args []string) int {
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 		defer cancel()
 		if err := l.Release(rctx); err != nil && !errors.Is(err, shylock.ErrLost) {
-			fmt.Fprintf(e.stderr, "shylock: %v\n", err)
+			e.fail(0, err)
 		}
 	}()
 
@@ -63,7 +78,7 @@ func runRun(ctx context.Context, e *env, args []string) int {
 	cmd.Env = append(os.Environ(), "SHYLOCK_TOKEN="+strconv.FormatUint(l.Token(), 10), "SHYLOCK_LOCK="+name)
 	ownGroup(cmd)
 	if err := cmd.Start(); err != nil {
-		return e.failf(exitError, "starting %s: %v", argv[0], err)
+		return e.failf(exitNoExec, "starting %s: %v", argv[0], err)
 	}
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
@@ -74,7 +89,7 @@ func runRun(ctx context.Context, e *env, args []string) int {
 		signalGroup(cmd, syscall.SIGTERM)
 		return exitStatus(<-exited)
 	case <-l.Lost():
-		fmt.Fprintf(e.stderr, "shylock: lost the lock %q; stopping %s with SIG%s\n", name, argv[0], *sigName)
+		fmt.Fprintf(e.stderr, "shylock: lost the lock %s; stopping %s with SIG%s\n", short(name), argv[0], *sigName)
 		signalGroup(cmd, sig)
 		<-exited
 		return exitLockLost
@@ -86,15 +101,15 @@ func acquire(ctx context.Context, e *env, b shylock.Backend, l *shylock.Lock, no
 	busy := func() (int, bool) {
 		info, err := b.Inspect(context.WithoutCancel(ctx), l.Name())
 		if err == nil && info.Held {
-			return e.failf(exitBusy, "%q is held by %s for %s more", l.Name(), info.Label, info.Remaining.Round(time.Millisecond)), false
+			return e.failf(exitBusy, "%s is held by %s for %s more", short(l.Name()), info.Label, info.Remaining.Round(time.Millisecond)), false
 		}
-		return e.failf(exitBusy, "%q is held", l.Name()), false
+		return e.failf(exitBusy, "%s is held", short(l.Name())), false
 	}
 	if noWait {
 		ok, err := l.TryAcquire(ctx)
 		switch {
 		case err != nil:
-			return e.failf(exitError, "%v", err), false
+			return e.fail(exitError, err), false
 		case !ok:
 			return busy()
 		}
@@ -113,7 +128,7 @@ func acquire(ctx context.Context, e *env, b shylock.Backend, l *shylock.Lock, no
 	case errors.Is(err, context.DeadlineExceeded) && errors.Is(err, shylock.ErrLocked):
 		return busy()
 	}
-	return e.failf(exitError, "%v", err), false
+	return e.fail(exitError, err), false
 }
 
 // exitStatus returns a command's exit status, 128+n for death by signal n as a shell does.

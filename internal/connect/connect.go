@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"net/url"
 	"os"
+	"strings"
+	"time"
 
 	"github.com/arangodb/go-driver/v2/arangodb"
 	"github.com/arangodb/go-driver/v2/connection"
@@ -34,11 +36,23 @@ const (
 // ErrNoServer means neither a MongoDB URI nor an ArangoDB URL was given.
 var ErrNoServer = errors.New("no lock server given: set " + EnvMongoURI + " or " + EnvArangoURL + " (or the matching flag)")
 
+// DefaultTimeout bounds connecting, when Config.Timeout is zero.
+const DefaultTimeout = 5 * time.Second
+
 // Config names a lock collection on one server.
 type Config struct {
 	MongoURI, MongoDatabase   string
 	ArangoURL, ArangoDatabase string
 	Collection                string
+	Timeout                   time.Duration // how long connecting may take; DefaultTimeout if zero
+	ReadOnly                  bool          // open the backend read-only: nothing is created
+}
+
+func (c Config) timeout() time.Duration {
+	if c.Timeout > 0 {
+		return c.Timeout
+	}
+	return DefaultTimeout
 }
 
 // FromEnv returns the Config the environment describes.
@@ -95,16 +109,29 @@ func ArangoClient(rawURL string) (arangodb.Client, error) {
 }
 
 // Open connects and returns the backend and a function that closes it and its connection.
+// Connecting, and New with it, may take Config.Timeout; a server that cannot be reached in that
+// time is named in a one-line error.
 func (c Config) Open(ctx context.Context) (shylock.Backend, func(), error) {
+	ctx, cancel := context.WithTimeout(ctx, c.timeout())
+	defer cancel()
 	switch {
 	case c.MongoURI != "":
-		client, err := mdb.Connect(options.Client().ApplyURI(c.MongoURI))
+		opts := options.Client().ApplyURI(c.MongoURI).SetServerSelectionTimeout(c.timeout()).SetConnectTimeout(c.timeout())
+		client, err := mdb.Connect(opts)
 		if err != nil {
 			return nil, nil, fmt.Errorf("connecting to %s: %w", c.Where(), err)
 		}
-		b, err := mongo.New(ctx, client.Database(c.MongoDatabase).Collection(c.Collection))
+		var mopts []mongo.Option
+		if c.ReadOnly {
+			mopts = append(mopts, mongo.WithReadOnly())
+		}
+		b, err := mongo.New(ctx, client.Database(c.MongoDatabase).Collection(c.Collection), mopts...)
 		if err != nil {
 			_ = client.Disconnect(context.WithoutCancel(ctx))
+			if unreachable(err) {
+				return nil, nil, fmt.Errorf("cannot reach MongoDB at %s within %v: is it running, and is the address right?",
+					strings.Join(opts.Hosts, ","), c.timeout())
+			}
 			return nil, nil, fmt.Errorf("%s: %w", c.Where(), err)
 		}
 		return b, func() { b.Close(); _ = client.Disconnect(context.WithoutCancel(ctx)) }, nil
@@ -115,13 +142,28 @@ func (c Config) Open(ctx context.Context) (shylock.Backend, func(), error) {
 		}
 		db, err := client.GetDatabase(ctx, c.ArangoDatabase, nil)
 		if err != nil {
+			if unreachable(err) {
+				return nil, nil, fmt.Errorf("cannot reach ArangoDB at %s within %v: is it running, and is the address right?",
+					redact(c.ArangoURL), c.timeout())
+			}
 			return nil, nil, fmt.Errorf("connecting to %s: %w", c.Where(), err)
 		}
-		b, err := arango.New(ctx, db, c.Collection)
+		var aopts []arango.Option
+		if c.ReadOnly {
+			aopts = append(aopts, arango.WithReadOnly())
+		}
+		b, err := arango.New(ctx, db, c.Collection, aopts...)
 		if err != nil {
 			return nil, nil, fmt.Errorf("%s: %w", c.Where(), err)
 		}
 		return b, b.Close, nil
 	}
 	return nil, nil, ErrNoServer
+}
+
+// unreachable reports whether err says the server could not be reached in time, which the
+// drivers report with a dump of their state nobody needs.
+func unreachable(err error) bool {
+	return errors.Is(err, context.DeadlineExceeded) || strings.Contains(err.Error(), "server selection error") ||
+		strings.Contains(err.Error(), "connection refused")
 }
