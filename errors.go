@@ -3,6 +3,8 @@ package shylock
 import (
 	"errors"
 	"strings"
+
+	"github.com/shylock-go/shylock/internal/quote"
 )
 
 // Sentinel errors. Every error returned by this package and its backends wraps at most a few of
@@ -58,7 +60,7 @@ type opError struct {
 }
 
 func (e *opError) Error() string {
-	return "shylock: " + e.op + " " + quoteName(e.name) + ": " + strings.ReplaceAll(e.err.Error(), "shylock: ", "")
+	return "shylock: " + e.op + " " + quote.Name(e.name) + ": " + strings.ReplaceAll(e.err.Error(), "shylock: ", "")
 }
 
 func (e *opError) Unwrap() error { return e.err }

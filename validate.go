@@ -2,10 +2,11 @@ package shylock
 
 import (
 	"fmt"
-	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
+
+	"github.com/shylock-go/shylock/internal/quote"
 )
 
 // Limits on names and TTLs, enforced before any I/O so bad input changes nothing.
@@ -32,24 +33,11 @@ func ValidateName(name string) error {
 	case len(name) > MaxNameLen:
 		return fmt.Errorf("%w: the name is %d bytes, longer than the limit of %d", ErrInvalidName, len(name), MaxNameLen)
 	case !utf8.ValidString(name):
-		return fmt.Errorf("%w: %s is not valid UTF-8", ErrInvalidName, quoteName(name))
+		return fmt.Errorf("%w: %s is not valid UTF-8", ErrInvalidName, quote.Name(name))
 	case strings.IndexByte(name, 0) >= 0:
-		return fmt.Errorf("%w: %s contains a NUL byte", ErrInvalidName, quoteName(name))
+		return fmt.Errorf("%w: %s contains a NUL byte", ErrInvalidName, quote.Name(name))
 	}
 	return nil
-}
-
-// quoteName quotes a name for a message, shortened to its first 60 bytes when it is long.
-func quoteName(name string) string {
-	const keep = 60
-	if len(name) <= keep+4 {
-		return strconv.Quote(name)
-	}
-	cut := keep
-	for cut > 0 && !utf8.RuneStart(name[cut]) {
-		cut--
-	}
-	return strconv.Quote(name[:cut]) + fmt.Sprintf("… (%d bytes)", len(name))
 }
 
 // human writes a duration the way people say it: "7 days" rather than "168h0m0s".

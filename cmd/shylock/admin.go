@@ -14,6 +14,7 @@ import (
 
 	"github.com/shylock-go/shylock"
 	"github.com/shylock-go/shylock/internal/connect"
+	"github.com/shylock-go/shylock/internal/quote"
 )
 
 // newFlags returns a command's flag set with the server flags, their defaults from the
@@ -191,11 +192,11 @@ func runRelease(ctx context.Context, e *env, args []string) int {
 	before, err := b.ForceRelease(ctx, name)
 	switch {
 	case errors.Is(err, shylock.ErrNotHeld):
-		return e.failf(exitNotHeld, "%s is not held; nothing to release", short(name))
+		return e.failf(exitNotHeld, "%s is not held; nothing to release", quote.Name(name))
 	case err != nil:
 		return e.fail(exitError, err)
 	}
-	fmt.Fprintf(e.stdout, "released %s, held by %s (token %d, %s left)\n", short(before.Name), before.Label, before.Token,
+	fmt.Fprintf(e.stdout, "released %s, held by %s (token %d, %s left)\n", quote.Name(before.Name), before.Label, before.Token,
 		before.Remaining.Round(time.Millisecond))
 	return 0
 }

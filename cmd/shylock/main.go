@@ -30,10 +30,8 @@ import (
 	"runtime"
 	"runtime/debug"
 	"slices"
-	"strconv"
 	"strings"
 	"syscall"
-	"unicode/utf8"
 )
 
 // Exit codes besides a command's own under run.
@@ -148,19 +146,6 @@ func parse(e *env, fs *flag.FlagSet, args []string) (before, after []string, ok 
 		}
 		before, args = append(before, args[0]), args[1:]
 	}
-}
-
-// short quotes a lock name for a message, cut to its first 60 bytes when it is longer.
-func short(name string) string {
-	const keep = 60
-	if len(name) <= keep+4 {
-		return strconv.Quote(name)
-	}
-	cut := keep
-	for cut > 0 && !utf8.RuneStart(name[cut]) {
-		cut--
-	}
-	return fmt.Sprintf("%s… (%d bytes)", strconv.Quote(name[:cut]), len(name))
 }
 
 func runVersion(_ context.Context, e *env, args []string) int {

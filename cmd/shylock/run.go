@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/shylock-go/shylock"
+	"github.com/shylock-go/shylock/internal/quote"
 )
 
 func runRun(ctx context.Context, e *env, args []string) int {
@@ -89,7 +90,7 @@ func runRun(ctx context.Context, e *env, args []string) int {
 		signalGroup(cmd, syscall.SIGTERM)
 		return exitStatus(<-exited)
 	case <-l.Lost():
-		fmt.Fprintf(e.stderr, "shylock: lost the lock %s; stopping %s with SIG%s\n", short(name), argv[0], *sigName)
+		fmt.Fprintf(e.stderr, "shylock: lost the lock %s; stopping %s with SIG%s\n", quote.Name(name), argv[0], *sigName)
 		signalGroup(cmd, sig)
 		<-exited
 		return exitLockLost
@@ -101,9 +102,9 @@ func acquire(ctx context.Context, e *env, b shylock.Backend, l *shylock.Lock, no
 	busy := func() (int, bool) {
 		info, err := b.Inspect(context.WithoutCancel(ctx), l.Name())
 		if err == nil && info.Held {
-			return e.failf(exitBusy, "%s is held by %s for %s more", short(l.Name()), info.Label, info.Remaining.Round(time.Millisecond)), false
+			return e.failf(exitBusy, "%s is held by %s for %s more", quote.Name(l.Name()), info.Label, info.Remaining.Round(time.Millisecond)), false
 		}
-		return e.failf(exitBusy, "%s is held", short(l.Name())), false
+		return e.failf(exitBusy, "%s is held", quote.Name(l.Name())), false
 	}
 	if noWait {
 		ok, err := l.TryAcquire(ctx)
