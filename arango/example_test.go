@@ -19,12 +19,12 @@ func ExampleNew() {
 	defer cancel()
 	conn := connection.NewHttpConnection(connection.DefaultHTTPConfigurationWrapper(
 		connection.NewRoundRobinEndpoints([]string{"http://localhost:8529"}), false))
-	db, err := arangodb.NewClient(conn).GetDatabase(ctx, "app", nil)
+	db, err := arangodb.NewClient(conn).GetDatabase(ctx, "_system", nil)
 	if err != nil {
 		log.Fatal(err)
 	}
 
-	backend, err := shylockarango.New(ctx, db, "shylock")
+	backend, err := shylockarango.New(ctx, db, "locks")
 	if err != nil {
 		log.Fatal(err)
 	}

@@ -2,6 +2,7 @@ package integration
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -12,12 +13,21 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	mdb "go.mongodb.org/mongo-driver/v2/mongo"
 )
 
 // exampleEnv points an example at the test server, in a collection of the test's own.
 func exampleEnv(t *testing.T) []string {
+	env, _ := exampleColl(t)
+	return env
+}
+
+// exampleColl is exampleEnv, and the collection.
+func exampleColl(t *testing.T) ([]string, *mdb.Collection) {
+	coll := collection(t)
 	return append(os.Environ(), "SHYLOCK_MONGO_URI="+mongoURI, "SHYLOCK_MONGO_DATABASE=shylock_test",
-		"SHYLOCK_COLLECTION="+collection(t).Name(), "SHYLOCK_ARANGO_URL=")
+		"SHYLOCK_COLLECTION="+coll.Name(), "SHYLOCK_ARANGO_URL="), coll
 }
 
 var tokenLine = regexp.MustCompile(`worker (\d) holds orders/42 with fencing token (\d+)`)
@@ -52,33 +62,59 @@ func TestExampleBasic(t *testing.T) {
 	}
 }
 
+// TestExampleWorker: four processes whose ticks do not line up (one starts late) run each job
+// once per tick: never twice for one tick, and at every tick.
 func TestExampleWorker(t *testing.T) {
 	bin := build(t, "github.com/shylock-go/shylock/examples/worker")
-	cmd := boundedCmd(t, bin, "-processes", "3", "-ticks", "3", "-every", "300ms")
-	cmd.Env = exampleEnv(t)
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("worker: %v\n%s", err, out)
+	env := exampleEnv(t)
+	var (
+		wg   sync.WaitGroup
+		mu   sync.Mutex
+		outs []byte
+	)
+	for i := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			time.Sleep(time.Duration(i) * 130 * time.Millisecond) // ticks out of step
+			cmd := boundedCmd(t, bin, "-processes", "0", "-ticks", "6", "-every", "300ms")
+			cmd.Env = env
+			out, err := cmd.CombinedOutput()
+			if err != nil {
+				t.Errorf("worker %d: %v\n%s", i, err, out)
+			}
+			mu.Lock()
+			outs = append(outs, out...)
+			mu.Unlock()
+		}()
 	}
-	runs := regexp.MustCompile(`tick \d: pid (\d+) runs (\S+)\s+fencing token (\d+)`).FindAllStringSubmatch(string(out), -1)
-	pids, jobs := map[string]bool{}, map[string]uint64{}
+	wg.Wait()
+	runs := regexp.MustCompile(`slot (\d+): pid (\d+) runs (\S+)\s+fencing token (\d+)`).FindAllStringSubmatch(string(outs), -1)
+	pids, seen, perJob := map[string]bool{}, map[string]bool{}, map[string]int{}
 	for _, r := range runs {
-		pids[r[1]] = true
-		tok, _ := strconv.ParseUint(r[3], 10, 64)
-		if tok <= jobs[r[2]] {
-			t.Fatalf("job %s: token %d after %d\n%s", r[2], tok, jobs[r[2]], out)
+		pids[r[2]] = true
+		if key := r[3] + "@" + r[1]; seen[key] {
+			t.Fatalf("%s ran twice in slot %s:\n%s", r[3], r[1], outs)
+		} else {
+			seen[key] = true
 		}
-		jobs[r[2]] = tok
+		perJob[r[3]]++
 	}
-	if len(jobs) != 3 || len(runs) < 9 || len(pids) < 2 {
-		t.Fatalf("want every job run at every tick, by more than one process; got %d runs by %d processes:\n%s", len(runs), len(pids), out)
+	for job, n := range perJob {
+		if n < 6 {
+			t.Errorf("%s ran %d times in at least 6 ticks:\n%s", job, n, outs)
+		}
+	}
+	if len(perJob) != 3 || len(pids) < 2 {
+		t.Fatalf("want every job run at every tick, by more than one process; got %d runs by %d processes:\n%s", len(runs), len(pids), outs)
 	}
 }
 
 func TestExampleWebAPI(t *testing.T) {
 	bin := build(t, "github.com/shylock-go/shylock/examples/webapi")
 	cmd := boundedCmd(t, bin, "-addr", "127.0.0.1:0", "-charge-time", "700ms")
-	cmd.Env = exampleEnv(t)
+	var coll *mdb.Collection
+	cmd.Env, coll = exampleColl(t)
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -140,5 +176,23 @@ func TestExampleWebAPI(t *testing.T) {
 	wg.Wait()
 	if len(results) == 2 && results[0]["token"] == results[1]["token"] {
 		t.Errorf("two charges got the same fencing token: %v", results)
+	}
+
+	// The README's scenario: an operator force-releases the order during a charge. The charge
+	// finishes (its renewal is not due yet) and must not be reported as one to retry.
+	admin := newMongo(t, coll)
+	time.AfterFunc(300*time.Millisecond, func() {
+		if _, err := admin.ForceRelease(context.Background(), "orders/44"); err != nil {
+			t.Error(err)
+		}
+	})
+	if code, body := post("/orders/44/charge"); code != http.StatusOK || body["charged"] != true || body["warning"] == nil {
+		t.Errorf("a charge that finished after its lock was force-released: %d %v; want 200, charged, with a warning", code, body)
+	}
+	if code, body := post("/orders/42/charge?wait=maybe"); code != http.StatusBadRequest {
+		t.Errorf("wait=maybe: %d %v; want 400", code, body)
+	}
+	if code, body := post("/orders/a%00b/charge"); code != http.StatusBadRequest {
+		t.Errorf("an order id with a NUL: %d %v; want 400", code, body)
 	}
 }

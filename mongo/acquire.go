@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"go.mongodb.org/mongo-driver/v2/bson"
-	mdb "go.mongodb.org/mongo-driver/v2/mongo"
+	"go.mongodb.org/mongo-driver/v2/mongo"
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
 
 	"github.com/shylock-go/shylock"
@@ -142,12 +142,12 @@ func (b *Backend) acquireEstimated(ctx context.Context, req shylock.AcquireReque
 		case valid <= 0:
 			return shylock.Lease{}, fmt.Errorf("mongo: acquire %q: the server clock is uncertain by %v, more than the TTL %v less the clock offset %v; use a longer TTL",
 				req.Name, hi.Sub(lo), req.TTL, b.offset)
-		case errors.Is(err, mdb.ErrNoDocuments):
+		case errors.Is(err, mongo.ErrNoDocuments):
 			tok := firstToken(hi)
 			_, err := b.coll.InsertOne(ctx, bson.D{{Key: "name", Value: req.Name}, {Key: "owner", Value: req.Owner},
 				{Key: "label", Value: req.Label}, {Key: "token", Value: tok}, {Key: "acquiredAt", Value: now},
 				{Key: "renewedAt", Value: now}, {Key: "expiresAt", Value: exp}, {Key: "createdAt", Value: now}})
-			if mdb.IsDuplicateKeyError(err) {
+			if mongo.IsDuplicateKeyError(err) {
 				continue // another client created it first; look again
 			}
 			if err != nil {
@@ -215,7 +215,7 @@ func (b *Backend) claim(ctx context.Context, req shylock.AcquireRequest, next in
 		if err == nil {
 			return true, nil
 		}
-		if !mdb.IsDuplicateKeyError(err) {
+		if !mongo.IsDuplicateKeyError(err) {
 			return false, opError("acquire", req.Name, err)
 		}
 		var c record

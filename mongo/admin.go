@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"go.mongodb.org/mongo-driver/v2/bson"
-	mdb "go.mongodb.org/mongo-driver/v2/mongo"
+	"go.mongodb.org/mongo-driver/v2/mongo"
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
 
 	"github.com/shylock-go/shylock"
@@ -40,7 +40,7 @@ func (b *Backend) probe(ctx context.Context, name string) (bool, time.Duration, 
 	var rec record
 	err = b.coll.FindOne(ctx, byName(name)).Decode(&rec)
 	switch {
-	case errors.Is(err, mdb.ErrNoDocuments):
+	case errors.Is(err, mongo.ErrNoDocuments):
 		return false, 0, nil
 	case err != nil:
 		return false, 0, err
@@ -63,7 +63,7 @@ func (b *Backend) Inspect(ctx context.Context, name string) (shylock.Info, error
 	var rec record
 	err = b.coll.FindOne(ctx, byName(name)).Decode(&rec)
 	switch {
-	case errors.Is(err, mdb.ErrNoDocuments):
+	case errors.Is(err, mongo.ErrNoDocuments):
 		return shylock.Info{Name: name}, nil
 	case err != nil:
 		return shylock.Info{}, opError("inspect", name, err)
@@ -116,7 +116,7 @@ func (b *Backend) ForceRelease(ctx context.Context, name string) (shylock.Info, 
 		bson.D{{Key: "name", Value: name}, {Key: "owner", Value: bson.D{{Key: "$ne", Value: ""}}}},
 		freeUpdate).Decode(&rec)
 	switch {
-	case errors.Is(err, mdb.ErrNoDocuments):
+	case errors.Is(err, mongo.ErrNoDocuments):
 		return shylock.Info{Name: name}, fmt.Errorf("%w: nobody holds %q", shylock.ErrNotHeld, name)
 	case err != nil:
 		return shylock.Info{}, opError("force-release", name, err)

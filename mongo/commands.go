@@ -4,7 +4,7 @@ import (
 	"time"
 
 	"go.mongodb.org/mongo-driver/v2/bson"
-	mdb "go.mongodb.org/mongo-driver/v2/mongo"
+	"go.mongodb.org/mongo-driver/v2/mongo"
 )
 
 // The command documents of the server-clock path. MongoDB refuses $expr in the filter of an
@@ -26,7 +26,7 @@ func byName(name string) bson.D { return bson.D{{Key: "name", Value: name}} }
 // {_id, name} and is taken; its token starts from the server's time in microseconds, and each
 // later holding takes the greater of that and the last token plus one. createdAt, set once,
 // equals acquiredAt only in the holding that created the record.
-func acquireUpdate(owner, label string, ttl, offset time.Duration) mdb.Pipeline {
+func acquireUpdate(owner, label string, ttl, offset time.Duration) mongo.Pipeline {
 	is := func(s string) bson.D { return bson.D{{Key: "$eq", Value: bson.A{"$" + state, s}}} }
 	keepIfHeld := func(field string, v any) bson.D {
 		return bson.D{{Key: "$cond", Value: bson.A{is("held"), "$" + field, v}}}
@@ -38,7 +38,7 @@ func acquireUpdate(owner, label string, ttl, offset time.Duration) mdb.Pipeline 
 		bson.D{{Key: "$add", Value: bson.A{bson.D{{Key: "$ifNull", Value: bson.A{"$token", int64(0)}}}, int64(1)}}},
 		bson.D{{Key: "$multiply", Value: bson.A{bson.D{{Key: "$toLong", Value: "$$NOW"}}, int64(1000)}}},
 	}}}
-	return mdb.Pipeline{
+	return mongo.Pipeline{
 		{{Key: "$set", Value: bson.D{{Key: state, Value: bson.D{{Key: "$switch", Value: bson.D{
 			{Key: "branches", Value: bson.A{
 				bson.D{{Key: "case", Value: bson.D{{Key: "$eq", Value: bson.A{"$owner", lit(owner)}}}}, {Key: "then", Value: "mine"}},
@@ -66,8 +66,8 @@ func extendFilter(name, owner string, token uint64) bson.D {
 		{Key: "$expr", Value: bson.D{{Key: "$gt", Value: bson.A{"$expiresAt", "$$NOW"}}}}}
 }
 
-func extendUpdate(ttl time.Duration) mdb.Pipeline {
-	return mdb.Pipeline{{{Key: "$set", Value: bson.D{
+func extendUpdate(ttl time.Duration) mongo.Pipeline {
+	return mongo.Pipeline{{{Key: "$set", Value: bson.D{
 		{Key: "renewedAt", Value: "$$NOW"},
 		{Key: "expiresAt", Value: bson.D{{Key: "$add", Value: bson.A{"$$NOW", ttl.Milliseconds()}}}},
 	}}}}

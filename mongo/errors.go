@@ -4,7 +4,7 @@ import (
 	"errors"
 	"fmt"
 
-	mdb "go.mongodb.org/mongo-driver/v2/mongo"
+	"go.mongodb.org/mongo-driver/v2/mongo"
 
 	"github.com/shylock-go/shylock"
 )
@@ -35,11 +35,11 @@ const (
 // write error of a single write. A write concern error does not count: the write it reports
 // may have been applied.
 func code(err error) (int, bool) {
-	var cmd mdb.CommandError
+	var cmd mongo.CommandError
 	if errors.As(err, &cmd) && cmd.Code != 0 {
 		return int(cmd.Code), true
 	}
-	var we mdb.WriteException
+	var we mongo.WriteException
 	if errors.As(err, &we) && len(we.WriteErrors) > 0 {
 		return we.WriteErrors[0].Code, true
 	}
@@ -87,10 +87,10 @@ func lacksFeature(err error) bool {
 // over PostgreSQL (DocumentDB) answers an exclusion-constraint violation or a deadlock instead.
 // None of them applied anything.
 func upsertRace(err error) bool {
-	if mdb.IsDuplicateKeyError(err) {
+	if mongo.IsDuplicateKeyError(err) {
 		return true
 	}
-	var se mdb.ServerError
+	var se mongo.ServerError
 	return errors.As(err, &se) && (se.HasErrorMessage("conflicting key value violates exclusion constraint") ||
 		se.HasErrorMessage("deadlock detected"))
 }

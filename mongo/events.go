@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"go.mongodb.org/mongo-driver/v2/bson"
-	mdb "go.mongodb.org/mongo-driver/v2/mongo"
+	"go.mongodb.org/mongo-driver/v2/mongo"
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
 	"go.mongodb.org/mongo-driver/v2/mongo/readconcern"
 	"go.mongodb.org/mongo-driver/v2/mongo/writeconcern"
@@ -73,7 +73,7 @@ func isNamespaceExists(err error) bool {
 
 // tailEvents opens the tailable cursor on the events collection. It reads from the collection's
 // start: old events only wake waiters that then find the lock still held.
-func (b *Backend) tailEvents(ctx context.Context) (*mdb.Cursor, error) {
+func (b *Backend) tailEvents(ctx context.Context) (*mongo.Cursor, error) {
 	if err := b.ensureEvents(ctx); err != nil {
 		return nil, err
 	}
@@ -159,7 +159,7 @@ func (b *Backend) tail(ctx context.Context) {
 // eventsCollection returns the handle the backend publishes and tails events with: written and
 // read at the lowest levels that are acknowledged, since an event is a hint that only the
 // server it was written to needs to see.
-func eventsCollection(coll *mdb.Collection) *mdb.Collection {
+func eventsCollection(coll *mongo.Collection) *mongo.Collection {
 	return coll.Database().Collection(coll.Name()+eventsSuffix, options.Collection().
 		SetWriteConcern(writeconcern.W1()).SetReadConcern(readconcern.Local()))
 }

@@ -23,7 +23,7 @@ func ExampleNew() {
 	}
 	defer func() { _ = client.Disconnect(context.Background()) }()
 
-	backend, err := shylockmongo.New(ctx, client.Database("app").Collection("shylock"))
+	backend, err := shylockmongo.New(ctx, client.Database("shylock").Collection("locks"))
 	if err != nil {
 		log.Fatal(err) // for example an existing index on name that is not unique
 	}

@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"go.mongodb.org/mongo-driver/v2/bson"
-	mdb "go.mongodb.org/mongo-driver/v2/mongo"
+	"go.mongodb.org/mongo-driver/v2/mongo"
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
 )
 
@@ -120,7 +120,7 @@ func (b *Backend) ensureIndexes(ctx context.Context) error {
 		return fmt.Errorf("mongo: collection %s has TTL index %q on expiresAt with expireAfterSeconds %d, but the grace period needs %d; "+
 			"drop it, or pass WithGracePeriod to keep it", b.coll.Name(), st.ttlName, st.ttlHave, st.ttlWant)
 	default:
-		_, err := b.coll.Indexes().CreateOne(ctx, mdb.IndexModel{
+		_, err := b.coll.Indexes().CreateOne(ctx, mongo.IndexModel{
 			Keys:    bson.D{{Key: "expiresAt", Value: 1}},
 			Options: options.Index().SetExpireAfterSeconds(int32(st.ttlWant)).SetName(TTLIndex),
 		})
@@ -179,7 +179,7 @@ func (b *Backend) ensureUniqueLocked(ctx context.Context) (indexState, error) {
 	if err != nil || st.unique {
 		return st, err
 	}
-	_, err = b.coll.Indexes().CreateOne(ctx, mdb.IndexModel{
+	_, err = b.coll.Indexes().CreateOne(ctx, mongo.IndexModel{
 		Keys:    bson.D{{Key: "name", Value: 1}},
 		Options: options.Index().SetUnique(true).SetName(NameIndex),
 	})

@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"go.mongodb.org/mongo-driver/v2/bson"
-	mdb "go.mongodb.org/mongo-driver/v2/mongo"
+	"go.mongodb.org/mongo-driver/v2/mongo"
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
 
 	"github.com/shylock-go/shylock"
@@ -61,7 +61,7 @@ func (b *Backend) Extend(ctx context.Context, name, owner string, token uint64, 
 		}
 	}
 	switch {
-	case errors.Is(err, mdb.ErrNoDocuments):
+	case errors.Is(err, mongo.ErrNoDocuments):
 		return shylock.Lease{}, notHeld(name)
 	case err != nil:
 		return shylock.Lease{}, opError("extend", name, err)

@@ -49,7 +49,7 @@ import (
 	"time"
 
 	"go.mongodb.org/mongo-driver/v2/bson"
-	mdb "go.mongodb.org/mongo-driver/v2/mongo"
+	"go.mongodb.org/mongo-driver/v2/mongo"
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
 	"go.mongodb.org/mongo-driver/v2/mongo/readconcern"
 	"go.mongodb.org/mongo-driver/v2/mongo/writeconcern"
@@ -61,8 +61,8 @@ import (
 
 // Backend is a shylock.Backend on one MongoDB collection. It is safe for concurrent use.
 type Backend struct {
-	coll    *mdb.Collection
-	streams *mdb.Collection // coll read at majority, the only level change streams accept
+	coll    *mongo.Collection
+	streams *mongo.Collection // coll read at majority, the only level change streams accept
 	log     *slog.Logger
 	server  *server
 	hub     *waiter.Hub
@@ -81,14 +81,14 @@ type Backend struct {
 	streamStop context.CancelFunc
 	streamDone chan struct{}
 	noStreams  bool // from WithChangeStreams(false)
-	events     *mdb.Collection
+	events     *mongo.Collection
 }
 
 // New returns a backend on coll. It creates a unique index on name and a TTL index on expiresAt
 // if they are missing, refuses indexes that would break a guarantee, and finds out what the
 // server supports. A server that cannot be reached, or refuses what the backend needs, fails New
 // with an error that says so. New does not own the client: disconnect it after Close.
-func New(ctx context.Context, coll *mdb.Collection, opts ...Option) (*Backend, error) {
+func New(ctx context.Context, coll *mongo.Collection, opts ...Option) (*Backend, error) {
 	if coll == nil {
 		return nil, errors.New("mongo: New: nil collection")
 	}

@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"go.mongodb.org/mongo-driver/v2/bson"
-	mdb "go.mongodb.org/mongo-driver/v2/mongo"
+	"go.mongodb.org/mongo-driver/v2/mongo"
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
 
 	"github.com/shylock-go/shylock"
@@ -105,11 +105,11 @@ func TestRefusesBadInputBeforeIO(t *testing.T) {
 }
 
 func TestErrorClassification(t *testing.T) {
-	cmd := func(code int32, msg string) error { return mdb.CommandError{Code: code, Message: msg} }
+	cmd := func(code int32, msg string) error { return mongo.CommandError{Code: code, Message: msg} }
 	write := func(code int) error {
-		return mdb.WriteException{WriteErrors: mdb.WriteErrors{{Code: code, Message: "write error"}}}
+		return mongo.WriteException{WriteErrors: mongo.WriteErrors{{Code: code, Message: "write error"}}}
 	}
-	wcOnly := mdb.WriteException{WriteConcernError: &mdb.WriteConcernError{Code: 100, Message: "unsatisfiable"}}
+	wcOnly := mongo.WriteException{WriteConcernError: &mongo.WriteConcernError{Code: 100, Message: "unsatisfiable"}}
 	for _, c := range []struct {
 		what                     string
 		err                      error
@@ -285,7 +285,7 @@ func TestDefaultOffsetByTopology(t *testing.T) {
 
 // TestInvalidOptionsBeforeIO: the client points nowhere, so any I/O would fail differently.
 func TestInvalidOptionsBeforeIO(t *testing.T) {
-	c, err := mdb.Connect(options.Client().ApplyURI("mongodb://127.0.0.1:1").SetServerSelectionTimeout(time.Second))
+	c, err := mongo.Connect(options.Client().ApplyURI("mongodb://127.0.0.1:1").SetServerSelectionTimeout(time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,19 +8,19 @@ import (
 	"time"
 
 	"go.mongodb.org/mongo-driver/v2/bson"
-	mdb "go.mongodb.org/mongo-driver/v2/mongo"
+	"go.mongodb.org/mongo-driver/v2/mongo"
 
 	"github.com/shylock-go/shylock/internal/clock"
 )
 
 // server asks the server about itself with hello, or with isMaster before MongoDB 4.4.2.
 type server struct {
-	db       *mdb.Database
+	db       *mongo.Database
 	isMaster atomic.Bool // hello is unknown to the server
 	clock    *clock.Estimator
 }
 
-func newServer(db *mdb.Database, now func() time.Time) *server {
+func newServer(db *mongo.Database, now func() time.Time) *server {
 	s := &server{db: db}
 	s.clock = clock.New(now, func(ctx context.Context) (time.Time, error) {
 		r, err := s.hello(ctx)

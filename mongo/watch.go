@@ -5,7 +5,7 @@ import (
 	"time"
 
 	"go.mongodb.org/mongo-driver/v2/bson"
-	mdb "go.mongodb.org/mongo-driver/v2/mongo"
+	"go.mongodb.org/mongo-driver/v2/mongo"
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
 
 	"github.com/shylock-go/shylock"
@@ -38,7 +38,7 @@ func (b *Backend) Subscribe(name string, minPoll, maxPoll time.Duration) shylock
 // collection sharded on name), and the end of the collection. The TTL monitor deletes only
 // records nobody has held for the grace period, and a deletion event without a pre-image does
 // not say which name it was, so other deletions wake nobody.
-var releases = mdb.Pipeline{{{Key: "$match", Value: bson.D{{Key: "$or", Value: bson.A{
+var releases = mongo.Pipeline{{{Key: "$match", Value: bson.D{{Key: "$or", Value: bson.A{
 	bson.D{{Key: "operationType", Value: "update"}, {Key: "updateDescription.updatedFields.owner", Value: ""}},
 	bson.D{{Key: "operationType", Value: "delete"}, {Key: "documentKey.name", Value: bson.D{{Key: "$exists", Value: true}}}},
 	bson.D{{Key: "operationType", Value: bson.D{{Key: "$in", Value: bson.A{"drop", "rename", "dropDatabase", "invalidate"}}}}},
@@ -136,7 +136,7 @@ func (b *Backend) watch(ctx context.Context) bool {
 
 // follow passes the events of cs to the waiters until the stream fails or is invalidated (then
 // it reports true: the collection is gone, and a stream must start afresh).
-func (b *Backend) follow(ctx context.Context, cs *mdb.ChangeStream) (invalidated bool) {
+func (b *Backend) follow(ctx context.Context, cs *mongo.ChangeStream) (invalidated bool) {
 	for cs.Next(ctx) {
 		var ev event
 		if err := cs.Decode(&ev); err != nil {

@@ -1,5 +1,9 @@
-// Command basic is the shortest correct use of shylock: configure a backend once, then run work
-// under a named lock with Do.
+// Command basic is the shortest correct use of shylock, backend included: connect to MongoDB,
+// configure the backend once, then run work under a named lock with Do.
+//
+// With SHYLOCK_MONGO_URI unset it starts an embedded FerretDB (a MongoDB wire-protocol server on
+// SQLite) in the process, so that it runs anywhere; that part is marked, and the rest is what a
+// service writes.
 package main
 
 import (
@@ -10,21 +14,42 @@ import (
 	"sync"
 	"time"
 
+	"go.mongodb.org/mongo-driver/v2/mongo"
+	"go.mongodb.org/mongo-driver/v2/mongo/options"
+
 	"github.com/shylock-go/shylock"
-	"github.com/shylock-go/shylock/examples/internal/demo"
+	"github.com/shylock-go/shylock/examples/embedded"
+	shylockmongo "github.com/shylock-go/shylock/mongo"
 )
 
 func main() {
 	ctx := context.Background()
-	backend, closeBackend, err := demo.Backend(ctx, os.Stdout)
+	uri := os.Getenv("SHYLOCK_MONGO_URI")
+	if uri == "" { // for the demo only: no server named, so start one in this process
+		srv, err := embedded.Start("127.0.0.1:0", "")
+		if err != nil {
+			log.Fatal(err)
+		}
+		defer srv.Stop()
+		uri = srv.URI()
+		fmt.Printf("no SHYLOCK_MONGO_URI set: started an embedded FerretDB; another process joins these locks with SHYLOCK_MONGO_URI=%s\n", uri)
+	}
+
+	// Once, at start-up.
+	client, err := mongo.Connect(options.Client().ApplyURI(uri))
 	if err != nil {
 		log.Fatal(err)
 	}
-	defer closeBackend()
+	defer func() { _ = client.Disconnect(context.Background()) }()
+	backend, err := shylockmongo.New(ctx, client.Database("shylock").Collection("locks")) // creates its indexes
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer backend.Close()
 	shylock.Configure(backend, shylock.WithOwner("basic-example"))
 
-	// Three workers want to charge the same order; the lock lets one in at a time, and each
-	// holding gets a larger fencing token to pass on to what it writes.
+	// Anywhere: three workers want to charge the same order; the lock lets one in at a time,
+	// and each holding gets a larger fencing token to pass on to what it writes.
 	var wg sync.WaitGroup
 	for w := 1; w <= 3; w++ {
 		wg.Add(1)

@@ -4,6 +4,8 @@
 //	POST /orders/{id}/charge           waits for the lock within the request's context
 //	POST /orders/{id}/charge?wait=false  answers 409 at once, naming the holder, if it is busy
 //	GET  /locks                        lists the order locks
+//
+// Stop it with Ctrl-C (killing "go run" with kill leaves the server running).
 package main
 
 import (
@@ -17,6 +19,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -50,6 +53,11 @@ func main() {
 	fmt.Printf("  curl -X POST http://%s/orders/42/charge & curl -X POST http://%s/orders/42/charge\n", ln.Addr(), ln.Addr())
 	fmt.Printf("or refuse instead of waiting:\n")
 	fmt.Printf("  curl -X POST http://%s/orders/42/charge & sleep 0.2; curl -X POST 'http://%s/orders/42/charge?wait=false'\n", ln.Addr(), ln.Addr())
+	fmt.Printf("see the order locks: curl http://%s/locks", ln.Addr())
+	if uri := demo.EmbeddedURI(); uri != "" {
+		fmt.Printf(", or: SHYLOCK_MONGO_URI=%s go run ./cmd/shylock list", uri)
+	}
+	fmt.Printf("\nstop with Ctrl-C\n")
 	go func() {
 		<-ctx.Done()
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -80,13 +88,21 @@ func routes(chargeTime time.Duration) *http.ServeMux {
 func charge(w http.ResponseWriter, r *http.Request, chargeTime time.Duration) {
 	order := r.PathValue("id")
 	name := "orders/" + order
+	wait := true
+	if v := r.URL.Query().Get("wait"); v != "" {
+		var err error
+		if wait, err = strconv.ParseBool(v); err != nil {
+			reply(w, http.StatusBadRequest, map[string]any{"error": "wait must be true or false, not " + strconv.Quote(v)})
+			return
+		}
+	}
 
-	if r.URL.Query().Get("wait") == "false" {
+	if !wait {
 		// Refuse at once when someone is already charging this order.
 		l := shylock.New(name)
 		ok, err := l.TryAcquire(r.Context())
 		if err != nil {
-			reply(w, http.StatusServiceUnavailable, map[string]any{"error": err.Error()})
+			failed(w, err)
 			return
 		}
 		if !ok {
@@ -135,13 +151,20 @@ func doCharge(ctx context.Context, order string, token uint64, d time.Duration, 
 	}
 }
 
-// failed maps errors to statuses: a lost lock means the charge was abandoned and may be
-// retried; a request that ended while waiting needs no answer.
+// failed maps errors to statuses. A charge that finished although the lock was lost while it
+// ran is not to be retried: it happened, perhaps beside another (the provider's fencing check
+// decides which one counts). One that stopped because the lock was lost may be retried; a
+// request that ended while waiting needs no answer; a bad order id is the client's mistake.
 func failed(w http.ResponseWriter, err error) {
 	switch {
+	case errors.Is(err, shylock.ErrWorkDone):
+		reply(w, http.StatusOK, map[string]any{"charged": true, "warning": "the order lock was lost while charging, " +
+			"so another charge may have run beside this one; check the order before charging it again"})
 	case errors.Is(err, shylock.ErrLost):
 		reply(w, http.StatusServiceUnavailable, map[string]any{
-			"error": "the order lock was lost, so the charge was abandoned before completing; retry the request"})
+			"error": "the order lock was lost, so the charge was stopped before completing; retry the request"})
+	case errors.Is(err, shylock.ErrInvalidName):
+		reply(w, http.StatusBadRequest, map[string]any{"error": "not a usable order id: " + err.Error()})
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		reply(w, http.StatusRequestTimeout, map[string]any{"error": "gave up waiting for the order lock"})
 	default:

@@ -1,7 +1,15 @@
-// Command worker shows several processes competing for scheduled jobs: at every tick each
-// process tries each job's lock, and only the one that gets it runs the job. Run it once and it
-// starts the processes itself (-processes); run more copies by hand with SHYLOCK_MONGO_URI
-// pointing at the same server and they join in.
+// Command worker shows several processes sharing scheduled jobs so that each job runs once per
+// tick, in exactly one process, however many processes there are and however their tickers drift.
+// Run it once and it starts the processes itself (-processes); run more copies by hand with
+// SHYLOCK_MONGO_URI pointing at the same server and they join in.
+//
+// A lock alone prevents overlap, not repetition: a process whose tick fires after another's run
+// of the same tick has ended finds the job's lock free and would run the job again. So each run
+// claims its tick: a lock named for the job and the tick, taken and never released. It expires
+// after the tick, so the first process to claim a tick runs the job for it and every later one
+// finds it taken. Ticks are slots of wall-clock time, so the processes' clocks must agree to well
+// within a tick (NTP does, for ticks of a second or more); the job's own lock keeps a run that
+// outlasts its tick from overlapping the next one.
 package main
 
 import (
@@ -50,23 +58,40 @@ func work(ctx context.Context, ticks int, every time.Duration) {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for tick := 1; ticks == 0 || tick <= ticks; tick++ {
+		slot := time.Now().Truncate(every)
 		for _, job := range jobs {
-			l := shylock.New(job)
-			ok, err := l.TryAcquire(ctx)
-			switch {
-			case err != nil:
-				log.Printf("pid %d: %s: %v", os.Getpid(), job, err)
-			case ok:
-				fmt.Printf("tick %d: pid %d runs %-22s fencing token %d\n", tick, os.Getpid(), job, l.Token())
-				time.Sleep(every / 2) // the job's work, shorter than a tick
-				_ = l.Release(ctx)
-			}
+			run(ctx, job, slot, every)
 		}
 		select {
 		case <-t.C:
 		case <-ctx.Done():
 			return
 		}
+	}
+}
+
+// run runs job for the tick that started at slot, unless another process has already claimed
+// that tick.
+func run(ctx context.Context, job string, slot time.Time, every time.Duration) {
+	claim := shylock.New(fmt.Sprintf("%s@%d", job, slot.UnixMilli()), shylock.WithTTL(2*every))
+	ok, err := claim.TryAcquire(ctx)
+	switch {
+	case err != nil:
+		log.Printf("pid %d: %s: %v", os.Getpid(), job, err)
+		return
+	case !ok:
+		return // another process runs this tick's job
+	}
+	// The claim is never released: it must outlive the tick. The job's lock keeps this run from
+	// overlapping a slow run of the previous tick.
+	err = shylock.Do(ctx, job, func(ctx context.Context) error {
+		token, _ := shylock.TokenFrom(ctx)
+		fmt.Printf("slot %d: pid %d runs %-22s fencing token %d\n", slot.UnixMilli(), os.Getpid(), job, token)
+		time.Sleep(every / 2) // the job's work, shorter than a tick
+		return nil
+	})
+	if err != nil {
+		log.Printf("pid %d: %s: %v", os.Getpid(), job, err)
 	}
 }
 
@@ -94,6 +119,6 @@ func spawn(ctx context.Context, n, ticks int, every time.Duration) {
 			_ = cmd.Wait()
 		}()
 	}
-	fmt.Printf("started %d worker processes; at each tick every job runs in whichever one process holds its lock\n", n)
+	fmt.Printf("started %d worker processes; at each tick every job runs once, in whichever process claims the tick first\n", n)
 	wg.Wait()
 }
