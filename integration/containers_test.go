@@ -56,7 +56,32 @@ var (
 	imageOnce sync.Once
 	imageDir  string
 	imageErr  error
+	// imageTag is this run's own, so that concurrent runs never share an image and each run
+	// removes the one it built (removeTestImage).
+	imageTag = "run-" + randomSuffix()
 )
+
+const imageRepo = "shylock-test"
+
+// removeTestImage removes the image and the build directory the container tests made, if they
+// made them: a test run leaves nothing behind. TestMain calls it after the tests.
+func removeTestImage() {
+	if imageDir == "" {
+		return
+	}
+	_ = os.RemoveAll(imageDir)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := testcontainers.NewDockerClientWithOpts(ctx)
+	if err != nil {
+		return
+	}
+	defer c.Close()
+	if _, err := c.ImageRemove(ctx, imageRepo+":"+imageTag, dockerclient.ImageRemoveOptions{Force: true, PruneChildren: true}); err != nil &&
+		!strings.Contains(err.Error(), "No such image") {
+		fmt.Fprintln(os.Stderr, "removing the test image:", err)
+	}
+}
 
 // imageContext builds, once, the static programs the test image holds and a Dockerfile FROM
 // scratch that runs them.
@@ -95,7 +120,7 @@ func startFerretContainer(t *testing.T, opts ...testcontainers.ContainerCustomiz
 	t.Helper()
 	ctx := context.Background()
 	opts = append([]testcontainers.ContainerCustomizer{
-		testcontainers.WithDockerfile(testcontainers.FromDockerfile{Context: imageContext(t), Repo: "shylock-test", Tag: "latest", KeepImage: true}),
+		testcontainers.WithDockerfile(testcontainers.FromDockerfile{Context: imageContext(t), Repo: imageRepo, Tag: imageTag, KeepImage: true}),
 		testcontainers.WithExposedPorts("27017/tcp"),
 		testcontainers.WithMounts(testcontainers.VolumeMount("shylock-data-"+randomSuffix(), "/data")),
 		testcontainers.WithWaitStrategy(wait.ForLog("ready at").WithStartupTimeout(time.Minute)),
@@ -210,7 +235,7 @@ func TestContainerPartition(t *testing.T) {
 	// its timer to fire on a loaded machine.
 	const ttl = 5 * time.Second
 	holder, err := testcontainers.Run(ctx, "",
-		testcontainers.WithDockerfile(testcontainers.FromDockerfile{Context: imageContext(t), Repo: "shylock-test", Tag: "latest", KeepImage: true}),
+		testcontainers.WithDockerfile(testcontainers.FromDockerfile{Context: imageContext(t), Repo: imageRepo, Tag: imageTag, KeepImage: true}),
 		testcontainers.WithEntrypoint("/lockclient", "-uri", "mongodb://db:27017/", "-name", "partitioned", "-ttl", ttl.String()),
 		network.WithNetwork([]string{"holder"}, nw),
 		testcontainers.WithWaitStrategy(wait.ForLog("held ").WithStartupTimeout(time.Minute)))

@@ -54,6 +54,7 @@ func run(m *testing.M) int {
 		defer cancel()
 		_ = client.Disconnect(ctx)
 	}()
+	defer removeTestImage()
 	return m.Run()
 }
 
