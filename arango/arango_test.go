@@ -11,6 +11,7 @@ import (
 	"github.com/arangodb/go-driver/v2/arangodb/shared"
 
 	"github.com/shylock-go/shylock"
+	"github.com/shylock-go/shylock/shylocktest"
 )
 
 // hostile names try to break out of a query; they must travel only as bind parameters.
@@ -153,20 +154,7 @@ func TestRefusesBadInputBeforeIO(t *testing.T) {
 	}
 }
 
-// TestReadOnlyRefusesWrites: a Backend with no database would panic on any I/O.
+// TestReadOnlyRefusesWrites: a Backend with nothing to talk to would panic on any I/O.
 func TestReadOnlyRefusesWrites(t *testing.T) {
-	b := &Backend{readOnly: true}
-	ctx := t.Context()
-	if _, err := b.Acquire(ctx, shylock.AcquireRequest{Name: "n", Owner: "o", TTL: time.Second}); !errors.Is(err, shylock.ErrRefused) {
-		t.Errorf("Acquire: %v", err)
-	}
-	if _, err := b.Extend(ctx, "n", "o", 1, time.Second); !errors.Is(err, shylock.ErrRefused) {
-		t.Errorf("Extend: %v", err)
-	}
-	if err := b.Release(ctx, "n", "o", 1); !errors.Is(err, shylock.ErrRefused) {
-		t.Errorf("Release: %v", err)
-	}
-	if _, err := b.ForceRelease(ctx, "n"); !errors.Is(err, shylock.ErrRefused) {
-		t.Errorf("ForceRelease: %v", err)
-	}
+	shylocktest.ReadOnly(t, &Backend{readOnly: true})
 }

@@ -12,6 +12,7 @@ import (
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
 
 	"github.com/shylock-go/shylock"
+	"github.com/shylock-go/shylock/shylocktest"
 )
 
 // Tests against a server live in the integration module; these need none.
@@ -310,20 +311,7 @@ func TestTTLNotAboveOffset(t *testing.T) {
 	}
 }
 
-// TestReadOnlyRefusesWrites: a Backend with no collection would panic on any I/O.
+// TestReadOnlyRefusesWrites: a Backend with nothing to talk to would panic on any I/O.
 func TestReadOnlyRefusesWrites(t *testing.T) {
-	b := &Backend{readOnly: true}
-	ctx := t.Context()
-	if _, err := b.Acquire(ctx, shylock.AcquireRequest{Name: "n", Owner: "o", TTL: time.Second}); !errors.Is(err, shylock.ErrRefused) {
-		t.Errorf("Acquire: %v", err)
-	}
-	if _, err := b.Extend(ctx, "n", "o", 1, time.Second); !errors.Is(err, shylock.ErrRefused) {
-		t.Errorf("Extend: %v", err)
-	}
-	if err := b.Release(ctx, "n", "o", 1); !errors.Is(err, shylock.ErrRefused) {
-		t.Errorf("Release: %v", err)
-	}
-	if _, err := b.ForceRelease(ctx, "n"); !errors.Is(err, shylock.ErrRefused) {
-		t.Errorf("ForceRelease: %v", err)
-	}
+	shylocktest.ReadOnly(t, &Backend{readOnly: true})
 }
