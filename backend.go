@@ -39,7 +39,8 @@ type Backend interface {
 
 	// List returns the records whose names start with prefix (literally: no pattern syntax),
 	// sorted by name. Released and expired records that still exist are included with
-	// Held false.
+	// Held false. A prefix that no name could start with (see ValidatePrefix) is an error
+	// matching ErrInvalidName.
 	List(ctx context.Context, prefix string) ([]Info, error)
 
 	// ForceRelease frees name whoever holds it, for operators. The fencing sequence continues,

@@ -48,6 +48,18 @@ func human(d time.Duration) string {
 	return d.String()
 }
 
+// ValidatePrefix reports whether prefix can begin lock names, for List: the empty prefix (every
+// lock), or valid UTF-8 without a NUL byte and no longer than MaxNameLen.
+func ValidatePrefix(prefix string) error {
+	if prefix == "" {
+		return nil
+	}
+	if err := ValidateName(prefix); err != nil {
+		return fmt.Errorf("%w (as a prefix)", err)
+	}
+	return nil
+}
+
 // ValidateTTL reports whether ttl can be a lease length.
 func ValidateTTL(ttl time.Duration) error {
 	if ttl < MinTTL || ttl > MaxTTL {

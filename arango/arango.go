@@ -1,14 +1,23 @@
 // Package arango stores shylock locks in an ArangoDB collection.
 //
 // Each lock is one document {name, owner, label, token, acquiredAt, renewedAt, expiresAt} with
-// a unique persistent index on name and a TTL index on expiresAt (numeric seconds, expireAfter
-// 0), which garbage-collects records whose holders are gone. Expiry is never left to the TTL
-// index (its thread runs every 30 seconds): every operation is one AQL query that reads the
-// server's clock with DATE_NOW() and decides expiry there. Values reach queries only as bind
-// parameters.
+// a unique persistent index on name and a TTL index on expiresAt (numeric seconds) that deletes
+// a record a grace period (WithGracePeriod, a day by default) after its lease ended. Expiry is
+// never left to the TTL index (its thread runs every 30 seconds): every operation is one AQL
+// query that reads the server's clock with DATE_NOW() and decides expiry there. Values reach
+// queries only as bind parameters.
 //
-// In a cluster a unique index must contain the shard key, so the collection must be sharded by
-// name: New creates it that way. An existing collection sharded otherwise is refused.
+// Fencing tokens start, for a new record, from the server's time in microseconds (of millisecond
+// precision) and grow by at least one with every holding. Records are kept for the grace period
+// after their last lease, so tokens increase per name unless the server's clock steps back by
+// more than the grace period while nobody holds the name.
+//
+// In a cluster each coordinator and DB-Server reads its own clock, so a takeover needs the
+// record expired by more than a maximum clock offset (WithMaxClockOffset, 500ms in a cluster by
+// default), and a holder trusts its lease for the TTL less that offset. A unique index must
+// contain the shard key, so the collection must be sharded by name: New creates it that way
+// (WithReplicationFactor and WithWriteConcern set its replication), and refuses an existing
+// collection sharded otherwise.
 //
 // ArangoDB has no change streams: waiters on a name in one process share one poller, and a
 // release in the process wakes them at once.
@@ -49,40 +58,37 @@ type Backend struct {
 	log      *slog.Logger
 	hub      *waiter.Hub
 	readOnly bool
+	offset   time.Duration // the maximum clock offset between the servers
 }
-
-// Option configures New.
-type Option func(*settings)
-
-type settings struct {
-	log      *slog.Logger
-	readOnly bool
-}
-
-// WithLogger sets where the backend reports what it set up. The default is slog.Default().
-func WithLogger(l *slog.Logger) Option { return func(s *settings) { s.log = l } }
-
-// WithReadOnly makes a backend for tools that only look (Inspect, List): New creates nothing and
-// fails if the collection does not exist, and every operation that would write fails with
-// ErrRefused.
-func WithReadOnly() Option { return func(s *settings) { s.readOnly = true } }
 
 // New returns a backend on the collection called collection in db. It creates the collection
 // if it is missing (sharded by name; a concurrent creator is fine), a unique persistent index on
-// name and a TTL index on expiresAt.
+// name and a TTL index on expiresAt, and refuses a collection or indexes that would break a
+// guarantee, saying what to do.
 func New(ctx context.Context, db arangodb.Database, collection string, opts ...Option) (*Backend, error) {
 	if db == nil || collection == "" {
 		return nil, errors.New("arango: New needs a database and a collection name")
 	}
-	s := settings{log: slog.Default()}
+	s := settings{log: slog.Default(), grace: DefaultGracePeriod}
 	for _, o := range opts {
 		o(&s)
 	}
+	if s.err != nil {
+		return nil, s.err
+	}
 	b := &Backend{db: db, coll: collection, log: s.log, readOnly: s.readOnly}
-	b.hub = waiter.New(func(ctx context.Context, name string) (bool, time.Duration, error) {
-		info, err := b.Inspect(ctx, name)
-		return info.Held, info.Remaining, err
-	})
+	b.hub = waiter.New(b.probe)
+	if s.offset != nil {
+		b.offset = *s.offset
+	} else {
+		info, err := db.Info(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("arango: reading database %s: %w", db.Name(), err)
+		}
+		if clustered(info) {
+			b.offset = DefaultMaxClockOffset
+		}
+	}
 	if s.readOnly {
 		exists, err := db.CollectionExists(ctx, collection)
 		switch {
@@ -93,44 +99,19 @@ func New(ctx context.Context, db arangodb.Database, collection string, opts ...O
 		}
 		return b, nil
 	}
-	c, err := b.ensureCollection(ctx)
+	c, err := b.ensureCollection(ctx, s)
 	if err != nil {
 		return nil, err
 	}
-	unique := true
-	if _, _, err := c.EnsurePersistentIndex(ctx, []string{"name"}, &arangodb.CreatePersistentIndexOptions{
-		Name: NameIndex, Unique: &unique}); err != nil {
-		return nil, fmt.Errorf("arango: creating the unique index on name in %s (in a cluster the collection must be sharded by name): %w",
-			collection, err)
-	}
-	if _, _, err := c.EnsureTTLIndex(ctx, []string{"expiresAt"}, 0, &arangodb.CreateTTLIndexOptions{Name: TTLIndex}); err != nil {
-		return nil, fmt.Errorf("arango: creating the TTL index on expiresAt in %s: %w", collection, err)
+	if err := b.ensureIndexes(ctx, c, s.grace.Round(time.Second)); err != nil {
+		return nil, err
 	}
 	return b, nil
 }
 
-func (b *Backend) ensureCollection(ctx context.Context) (arangodb.Collection, error) {
-	exists, err := b.db.CollectionExists(ctx, b.coll)
-	if err != nil {
-		return nil, fmt.Errorf("arango: looking up collection %s: %w", b.coll, err)
-	}
-	if !exists {
-		shardKeys := []string{"name"}
-		_, err := b.db.CreateCollectionV2(ctx, b.coll, &arangodb.CreateCollectionPropertiesV2{ShardKeys: &shardKeys})
-		switch {
-		case shared.IsArangoErrorWithErrorNum(err, errDuplicateName):
-		case err != nil:
-			return nil, fmt.Errorf("arango: creating collection %s: %w", b.coll, err)
-		default:
-			b.log.Debug("shylock/arango: created the lock collection, sharded by name", "collection", b.coll)
-		}
-	}
-	c, err := b.db.GetCollection(ctx, b.coll, nil)
-	if err != nil {
-		return nil, fmt.Errorf("arango: opening collection %s: %w", b.coll, err)
-	}
-	return c, nil
-}
+// MaxClockOffset reports the clock offset between servers that the backend allows for (see
+// WithMaxClockOffset).
+func (b *Backend) MaxClockOffset() time.Duration { return b.offset }
 
 // Close stops the pollers of waiting goroutines. Locks stay in the database.
 func (b *Backend) Close() { b.hub.Close() }
@@ -161,11 +142,43 @@ func (w withNow) info(name string) shylock.Info {
 	}
 	r := w.Doc
 	in.Name, in.Owner, in.Label, in.Token = r.Name, r.Owner, r.Label, uint64(r.Token)
-	in.AcquiredAt, in.RenewedAt, in.ExpiresAt = seconds(r.AcquiredAt), seconds(r.RenewedAt), seconds(r.ExpiresAt)
-	if left := time.Duration((r.ExpiresAt*1000 - w.Now) * float64(time.Millisecond)); r.Owner != "" && left > 0 {
+	in.AcquiredAt, in.RenewedAt = seconds(r.AcquiredAt), seconds(r.RenewedAt)
+	if r.Owner != "" { // a released record keeps its last expiry only for the TTL index
+		in.ExpiresAt = seconds(r.ExpiresAt)
+	}
+	if left := w.left(0); r.Owner != "" && left > 0 {
 		in.Held, in.Remaining = true, left
 	}
 	return in
+}
+
+// left is how long the record's lease has to run, by the server's clock, before it has been
+// expired for longer than offset.
+func (w withNow) left(offset time.Duration) time.Duration {
+	return time.Duration((w.Doc.ExpiresAt*1000-w.Now)*float64(time.Millisecond)) + offset
+}
+
+// probe tells a waiter whether name may be taken now, and if not, how long at most until its
+// lease ends and the clock offset has passed.
+func (b *Backend) probe(ctx context.Context, name string) (bool, time.Duration, error) {
+	row, err := b.read(ctx, name)
+	if err != nil || row.Doc == nil || row.Doc.Owner == "" {
+		return false, 0, err
+	}
+	if left := row.left(b.offset); left > 0 {
+		return true, left, nil
+	}
+	return false, 0, nil
+}
+
+// read reads name's record with the server's time.
+func (b *Backend) read(ctx context.Context, name string) (withNow, error) {
+	var row withNow
+	err := b.run(ctx, b.inspectQuery(name), func(c arangodb.Cursor) error {
+		_, err := c.ReadDocument(ctx, &row)
+		return err
+	})
+	return row, err
 }
 
 // run executes q and decodes each result row with read.
@@ -183,14 +196,31 @@ func (b *Backend) run(ctx context.Context, q query, read func(c arangodb.Cursor)
 	return nil
 }
 
-// acquireError classifies a failed acquire: a unique-constraint violation or a write conflict
-// means another client took or changed the lock first, so it is held; anything else is the
-// driver's error, for the caller to retry.
-func acquireError(name string, err error) error {
-	if shared.IsArangoErrorWithErrorNum(err, errUniqueConstraint, errConflict) {
-		return fmt.Errorf("%w: %q changed hands during the attempt", shylock.ErrLocked, name)
+// collided reports whether err says that a concurrent write got in the way of an acquire: a
+// write-write conflict with a change made after the query's snapshot (1200: RocksDB waits only
+// 1 ms for a lock, so these are common), or a second insert of a name that had no record (1210).
+// Neither says who holds the lock now: it may be free, or this owner's own.
+func collided(err error) bool {
+	return shared.IsArangoErrorWithErrorNum(err, errUniqueConstraint, errConflict)
+}
+
+// afterCollision decides an acquire that collided, from the record as read again: held by this
+// owner (an earlier attempt of its own was applied): that lease; held live by another: ErrLocked;
+// anything else (free, expired, deleted): a transient error, worth another attempt.
+func (b *Backend) afterCollision(req shylock.AcquireRequest, row withNow, cause error) (shylock.Lease, error) {
+	if row.Doc != nil && row.Doc.Owner != "" {
+		switch left := row.left(0); {
+		case row.Doc.Owner == req.Owner && left > b.offset:
+			return shylock.Lease{Token: uint64(row.Doc.Token), ExpiresAt: seconds(row.Doc.ExpiresAt), Valid: left - b.offset}, nil
+		case row.Doc.Owner != req.Owner && left+b.offset > 0:
+			return shylock.Lease{}, held(req.Name, *row.Doc)
+		}
 	}
-	return fmt.Errorf("arango: acquire %q: %w", name, err)
+	return shylock.Lease{}, fmt.Errorf("arango: acquire %q: a concurrent change got in the way (%w); try again", req.Name, cause)
+}
+
+func held(name string, r record) error {
+	return fmt.Errorf("%w: %q is held by %q until %s", shylock.ErrLocked, name, r.Label, seconds(r.ExpiresAt).Format(time.RFC3339Nano))
 }
 
 type leaseRow struct {
@@ -212,6 +242,10 @@ func (b *Backend) Acquire(ctx context.Context, req shylock.AcquireRequest) (shyl
 	if b.readOnly {
 		return shylock.Lease{}, refuseWrite("acquire", req.Name)
 	}
+	if req.TTL <= b.offset {
+		return shylock.Lease{}, fmt.Errorf("%w: %v is not longer than the maximum clock offset %v between the servers, so no holder could trust it; "+
+			"use a longer TTL or set arango.WithMaxClockOffset", shylock.ErrInvalidTTL, req.TTL, b.offset)
+	}
 	var row *leaseRow
 	err := b.run(ctx, b.acquireQuery(req.Name, req.Owner, req.Label, req.TTL), func(c arangodb.Cursor) error {
 		row = new(leaseRow)
@@ -219,13 +253,20 @@ func (b *Backend) Acquire(ctx context.Context, req shylock.AcquireRequest) (shyl
 		return err
 	})
 	switch {
+	case collided(err):
+		again, rerr := b.read(ctx, req.Name)
+		if rerr != nil {
+			return shylock.Lease{}, fmt.Errorf("arango: acquire %q: a concurrent change got in the way (%w), and reading the record again failed: %w",
+				req.Name, err, rerr)
+		}
+		return b.afterCollision(req, again, err)
 	case err != nil:
-		return shylock.Lease{}, acquireError(req.Name, err)
+		return shylock.Lease{}, fmt.Errorf("arango: acquire %q: %w", req.Name, err)
 	case row == nil:
-		return shylock.Lease{}, fmt.Errorf("%w: %q", shylock.ErrLocked, req.Name)
+		return shylock.Lease{}, fmt.Errorf("%w: %q is held by another owner", shylock.ErrLocked, req.Name)
 	}
 	// The server stamped the expiry after this request was sent.
-	return shylock.Lease{Token: uint64(row.Token), ExpiresAt: seconds(row.ExpiresAt), Valid: req.TTL}, nil
+	return shylock.Lease{Token: uint64(row.Token), ExpiresAt: seconds(row.ExpiresAt), Valid: req.TTL - b.offset}, nil
 }
 
 // refuseWrite is the error of a write on a read-only backend.
@@ -251,6 +292,9 @@ func (b *Backend) Extend(ctx context.Context, name, owner string, token uint64, 
 	if b.readOnly {
 		return shylock.Lease{}, refuseWrite("extend", name)
 	}
+	if ttl <= b.offset {
+		return shylock.Lease{}, fmt.Errorf("%w: %v is not longer than the maximum clock offset %v between the servers", shylock.ErrInvalidTTL, ttl, b.offset)
+	}
 	var row *leaseRow
 	err := b.run(ctx, b.extendQuery(name, owner, token, ttl), func(c arangodb.Cursor) error {
 		row = new(leaseRow)
@@ -265,7 +309,7 @@ func (b *Backend) Extend(ctx context.Context, name, owner string, token uint64, 
 	case row == nil:
 		return shylock.Lease{}, notHeld(name)
 	}
-	return shylock.Lease{Token: token, ExpiresAt: seconds(row.ExpiresAt), Valid: ttl}, nil
+	return shylock.Lease{Token: token, ExpiresAt: seconds(row.ExpiresAt), Valid: ttl - b.offset}, nil
 }
 
 // Release implements shylock.Backend.
@@ -299,11 +343,7 @@ func (b *Backend) Inspect(ctx context.Context, name string) (shylock.Info, error
 	if err := shylock.ValidateName(name); err != nil {
 		return shylock.Info{}, err
 	}
-	var row withNow
-	err := b.run(ctx, b.inspectQuery(name), func(c arangodb.Cursor) error {
-		_, err := c.ReadDocument(ctx, &row)
-		return err
-	})
+	row, err := b.read(ctx, name)
 	if err != nil {
 		return shylock.Info{}, fmt.Errorf("arango: inspect %q: %w", name, err)
 	}
@@ -312,6 +352,9 @@ func (b *Backend) Inspect(ctx context.Context, name string) (shylock.Info, error
 
 // List implements shylock.Backend.
 func (b *Backend) List(ctx context.Context, prefix string) ([]shylock.Info, error) {
+	if err := shylock.ValidatePrefix(prefix); err != nil {
+		return nil, err
+	}
 	var out []shylock.Info
 	err := b.run(ctx, b.listQuery(prefix), func(c arangodb.Cursor) error {
 		var row withNow

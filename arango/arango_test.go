@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/arangodb/go-driver/v2/arangodb"
 	"github.com/arangodb/go-driver/v2/arangodb/shared"
 
 	"github.com/shylock-go/shylock"
@@ -82,30 +83,72 @@ func TestQueriesCarryTheirValues(t *testing.T) {
 			t.Errorf("the acquire and extend queries do not guard revisions (%q)", want)
 		}
 	}
-	if !strings.Contains(acquireAQL, "cur.expiresAt * 1000 <= now") {
-		t.Error("acquire does not judge expiry with the server's clock")
+	if !strings.Contains(acquireAQL, "cur.expiresAt * 1000 + @offset < now") {
+		t.Error("acquire does not judge expiry with the server's clock and the clock offset")
+	}
+	if b.acquireQuery("n", "o", "l", time.Second).bind["offset"] != int64(0) {
+		t.Error("acquire does not bind the clock offset")
+	}
+	for _, q := range []string{releaseAQL, forceReleaseAQL} {
+		if strings.Contains(q, "expiresAt: 0") {
+			t.Errorf("a release sets the expiry to 1970, so the TTL index deletes the record (and its tokens) at once:\n%s", q)
+		}
+	}
+	if q := b.listQuery("jobs/"); q.bind["upper"] != "jobs/\uffff" || !strings.Contains(q.text, "d.name >= @prefix && d.name < @upper") {
+		t.Errorf("list does not range over the index: %v\n%s", q.bind, q.text)
 	}
 }
 
-func TestAcquireErrorClassification(t *testing.T) {
+func TestCollisions(t *testing.T) {
 	arango := func(num int) error {
 		return fmt.Errorf("query: %w", shared.ArangoError{HasError: true, Code: 409, ErrorNum: num, ErrorMessage: "test"})
 	}
 	for _, c := range []struct {
-		err    error
-		locked bool
+		err      error
+		collided bool
 	}{
 		{arango(errUniqueConstraint), true},
 		{arango(errConflict), true},
 		{arango(1203), false}, // collection not found
 		{errors.New("connection refused"), false},
 	} {
-		err := acquireError("n", c.err)
-		if got := errors.Is(err, shylock.ErrLocked); got != c.locked {
-			t.Errorf("acquireError(%v) matches ErrLocked = %v, want %v", c.err, got, c.locked)
+		if got := collided(c.err); got != c.collided {
+			t.Errorf("collided(%v) = %v, want %v", c.err, got, c.collided)
 		}
-		if !c.locked && !errors.Is(err, c.err) {
-			t.Errorf("acquireError(%v) lost the driver's error: %v", c.err, err)
+	}
+}
+
+// TestAfterCollision: a collision (1200, 1210) says nothing about who holds the lock; the record
+// read again does. Only another owner's live lease is ErrLocked.
+func TestAfterCollision(t *testing.T) {
+	now := float64(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC).UnixMilli())
+	b := &Backend{offset: 200 * time.Millisecond}
+	req := shylock.AcquireRequest{Name: "n", Owner: "me", TTL: time.Minute}
+	cause := errors.New("write-write conflict (test)")
+	row := func(owner string, expiresIn time.Duration) withNow {
+		return withNow{Now: now, Doc: &record{Name: "n", Owner: owner, Label: owner, Token: 7, ExpiresAt: (now + float64(expiresIn.Milliseconds())) / 1000}}
+	}
+	for _, c := range []struct {
+		what   string
+		row    withNow
+		mine   bool
+		locked bool
+	}{
+		{"our own earlier attempt", row("me", time.Minute), true, false},
+		{"another owner's live lease", row("other", time.Minute), false, true},
+		{"another's lease expired less than the offset ago", row("other", -100*time.Millisecond), false, true},
+		{"another's lease expired longer ago", row("other", -time.Second), false, false},
+		{"a released record (the TTL thread was busy with it)", row("", time.Minute), false, false},
+		{"no record", withNow{Now: now}, false, false},
+	} {
+		lease, err := b.afterCollision(req, c.row, cause)
+		switch {
+		case c.mine && (err != nil || lease.Token != 7 || lease.Valid <= 0 || lease.Valid > time.Minute-b.offset):
+			t.Errorf("%s: %+v, %v; want our lease, trusted for less than TTL - offset", c.what, lease, err)
+		case c.locked && !errors.Is(err, shylock.ErrLocked):
+			t.Errorf("%s: %v; want ErrLocked", c.what, err)
+		case !c.mine && !c.locked && (err == nil || errors.Is(err, shylock.ErrLocked) || !errors.Is(err, cause)):
+			t.Errorf("%s: %v; want a transient error carrying the collision, not ErrLocked", c.what, err)
 		}
 	}
 }
@@ -123,8 +166,8 @@ func TestInfoUsesTheServersClock(t *testing.T) {
 		t.Fatalf("a lease that ends at the server's now is held: %+v", in)
 	}
 	row.Doc.ExpiresAt, row.Doc.Owner = now/1000+60, ""
-	if in := row.info("n"); in.Held {
-		t.Fatalf("a released record is held: %+v", in)
+	if in := row.info("n"); in.Held || !in.ExpiresAt.IsZero() {
+		t.Fatalf("a released record is held, or shows an expiry: %+v", in)
 	}
 	if in := (withNow{Now: now}).info("x"); in != (shylock.Info{Name: "x"}) {
 		t.Fatalf("missing record gives %+v", in)
@@ -157,4 +200,44 @@ func TestRefusesBadInputBeforeIO(t *testing.T) {
 // TestReadOnlyRefusesWrites: a Backend with nothing to talk to would panic on any I/O.
 func TestReadOnlyRefusesWrites(t *testing.T) {
 	shylocktest.ReadOnly(t, &Backend{readOnly: true})
+}
+
+func TestClusterDetection(t *testing.T) {
+	if clustered(arangodb.DatabaseInfo{Name: "_system", IsSystem: true}) {
+		t.Error("a single server's database info reads as a cluster")
+	}
+	if !clustered(arangodb.DatabaseInfo{Name: "app", ReplicationFactor: 2, WriteConcern: 1}) {
+		t.Error("a cluster's database info reads as a single server")
+	}
+}
+
+func TestShardingCheck(t *testing.T) {
+	for _, keys := range [][]string{nil, {"name"}} {
+		if err := shardingProblem("locks", keys); err != nil {
+			t.Errorf("shard keys %v refused: %v", keys, err)
+		}
+	}
+	for _, keys := range [][]string{{"_key"}, {"name", "owner"}} {
+		if err := shardingProblem("locks", keys); err == nil || !strings.Contains(err.Error(), "sharded by name") {
+			t.Errorf("shard keys %v: %v; want a refusal with advice", keys, err)
+		}
+	}
+}
+
+func TestOptionsAreChecked(t *testing.T) {
+	for _, o := range []Option{WithMaxClockOffset(-time.Second), WithGracePeriod(time.Millisecond), WithLogger(nil),
+		WithReplicationFactor(0), WithWriteConcern(0)} {
+		var s settings
+		o(&s)
+		if s.err == nil || !strings.HasPrefix(s.err.Error(), "arango: With") {
+			t.Errorf("an invalid option: %v; want it named", s.err)
+		}
+	}
+}
+
+func TestListRefusesBadPrefixBeforeIO(t *testing.T) {
+	b := &Backend{coll: "locks"} // no database: any I/O would panic
+	if _, err := b.List(t.Context(), "bad-\xff"); !errors.Is(err, shylock.ErrInvalidName) {
+		t.Fatalf("List with an invalid UTF-8 prefix: %v", err)
+	}
 }

@@ -6,7 +6,7 @@ import "time"
 // TTLs travel only as bind parameters, so no value can change what a query does. All times
 // come from DATE_NOW(), the server's clock in milliseconds. Times are stored as numeric
 // seconds, which the TTL index reads; tokens start from the server's clock in microseconds
-// (exact in a double until the year 2255) and count up.
+// (of millisecond precision; exact in a double until the year 2255) and count up.
 
 // query is an AQL query and its bind parameters.
 type query struct {
@@ -14,14 +14,17 @@ type query struct {
 	bind map[string]any
 }
 
-// acquireAQL takes the lock if it is free, expired or the caller's own. The UPSERT searches
-// by the revision just read, so a record changed in between is not found, and the INSERT then
-// fails on the unique index (1210); a change between UPSERT's own lookup and write is a
-// write-write conflict (1200). Either way at most one client takes the lock. A live lock of
-// another owner yields no row. waitForSync makes an acknowledged acquire durable.
+// acquireAQL takes the lock if it is free, expired by more than the clock offset (@offset, in
+// milliseconds), or the caller's own. A live lock of another owner yields no row. The UPSERT's
+// lookup reads the same snapshot as the subquery before it, so it finds the record just read (by
+// name and revision) and takes the UPDATE branch; a change another client commits after that
+// snapshot makes the write fail with a write-write conflict (1200), and two clients inserting a
+// name that had no record collide on the unique index (1210). Either way at most one takes the
+// lock, and the caller reads the record again to learn who. waitForSync makes an acknowledged
+// acquire durable.
 const acquireAQL = `LET now = DATE_NOW()
 FOR cur IN [FIRST(FOR d IN @@coll FILTER d.name == @name LIMIT 1 RETURN d)]
-  FILTER cur == null || cur.owner == "" || cur.owner == @owner || cur.expiresAt * 1000 <= now
+  FILTER cur == null || cur.owner == "" || cur.owner == @owner || cur.expiresAt * 1000 + @offset < now
   UPSERT { name: @name, _rev: cur._rev }
   INSERT { name: @name, owner: @owner, label: @label, token: now * 1000,
     acquiredAt: now / 1000, renewedAt: now / 1000, expiresAt: (now + @ttl) / 1000 }
@@ -39,17 +42,18 @@ FOR d IN @@coll
   RETURN { token: NEW.token, expiresAt: NEW.expiresAt }`
 
 // releaseAQL marks the owner's record free (token 0 matches any of the owner's holdings). The
-// record stays, so the next token continues from it, until the TTL index removes it.
+// record keeps the expiry of its last lease, so the TTL index deletes it a grace period after
+// that, and until then the next token continues from it.
 const releaseAQL = `FOR d IN @@coll
   FILTER d.name == @name && d.owner == @owner && (@token == 0 || d.token == @token)
-  UPDATE d WITH { owner: "", expiresAt: 0 } IN @@coll OPTIONS { ignoreRevs: false, waitForSync: true }
+  UPDATE d WITH { owner: "" } IN @@coll OPTIONS { ignoreRevs: false, waitForSync: true }
   RETURN true`
 
 // forceReleaseAQL frees a record whoever owns it, returning it as it was.
 const forceReleaseAQL = `LET now = DATE_NOW()
 FOR d IN @@coll
   FILTER d.name == @name && d.owner != ""
-  UPDATE d WITH { owner: "", expiresAt: 0 } IN @@coll OPTIONS { ignoreRevs: false, waitForSync: true }
+  UPDATE d WITH { owner: "" } IN @@coll OPTIONS { ignoreRevs: false, waitForSync: true }
   RETURN { doc: OLD, now: now }`
 
 // inspectAQL reads one record with the server's time.
@@ -59,17 +63,21 @@ FOR d IN @@coll
   LIMIT 1
   RETURN { doc: d, now: now }`
 
-// listAQL reads the records whose names start with @prefix. LEFT and LENGTH both count
-// characters, so the comparison is literal; sorting happens in Go, by bytes, since AQL sorts
-// strings by a language collation.
+// listAQL reads the records whose names start with @prefix. The range [@prefix, @upper), with
+// @upper the prefix and U+FFFF, lets the persistent index on name serve the query: AQL orders
+// strings by the server's ICU collation, in which a string sorts after its prefixes and U+FFFF
+// after every character. That range may hold names that only collate alike (other case or
+// accents), so LEFT and LENGTH, which count characters, keep the literal matches; sorting happens
+// in Go, by bytes.
 const listAQL = `LET now = DATE_NOW()
 FOR d IN @@coll
-  FILTER IS_STRING(d.name) && LEFT(d.name, LENGTH(@prefix)) == @prefix
+  FILTER d.name >= @prefix && d.name < @upper
+  FILTER LEFT(d.name, LENGTH(@prefix)) == @prefix
   RETURN { doc: d, now: now }`
 
 func (b *Backend) acquireQuery(name, owner, label string, ttl time.Duration) query {
 	return query{acquireAQL, map[string]any{"@coll": b.coll, "name": name, "owner": owner,
-		"label": label, "ttl": ttl.Milliseconds()}}
+		"label": label, "ttl": ttl.Milliseconds(), "offset": b.offset.Milliseconds()}}
 }
 
 func (b *Backend) extendQuery(name, owner string, token uint64, ttl time.Duration) query {
@@ -90,5 +98,5 @@ func (b *Backend) inspectQuery(name string) query {
 }
 
 func (b *Backend) listQuery(prefix string) query {
-	return query{listAQL, map[string]any{"@coll": b.coll, "prefix": prefix}}
+	return query{listAQL, map[string]any{"@coll": b.coll, "prefix": prefix, "upper": prefix + "\uffff"}}
 }

@@ -178,6 +178,9 @@ func (b *Backend) Inspect(ctx context.Context, name string) (shylock.Info, error
 
 // List implements shylock.Backend.
 func (b *Backend) List(ctx context.Context, prefix string) ([]shylock.Info, error) {
+	if err := shylock.ValidatePrefix(prefix); err != nil {
+		return nil, err
+	}
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}

@@ -74,6 +74,9 @@ func (b *Backend) Inspect(ctx context.Context, name string) (shylock.Info, error
 // List implements shylock.Backend. The prefix is matched literally through an anchored,
 // escaped regular expression, which the unique index on name serves as a range scan.
 func (b *Backend) List(ctx context.Context, prefix string) ([]shylock.Info, error) {
+	if err := shylock.ValidatePrefix(prefix); err != nil {
+		return nil, err
+	}
 	lo, _, err := b.server.clock.Bounds(ctx)
 	if err != nil {
 		return nil, err

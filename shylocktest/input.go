@@ -36,6 +36,10 @@ func testInvalidNames(t *testing.T, s *suite) {
 		wantErr(t, what+": Backend.Inspect", err, shylock.ErrInvalidName)
 		_, err = s.b.ForceRelease(s.ctx, name)
 		wantErr(t, what+": Backend.ForceRelease", err, shylock.ErrInvalidName)
+		if name != "" { // the empty prefix lists every lock
+			_, err = s.b.List(s.ctx, name)
+			wantErr(t, what+": Backend.List", err, shylock.ErrInvalidName)
+		}
 	}
 	s.wantNoRecord(t, s.prefix)
 }
