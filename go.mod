@@ -5,6 +5,7 @@ go 1.25.0
 require (
 	github.com/arangodb/go-driver/v2 v2.4.1
 	go.mongodb.org/mongo-driver/v2 v2.10.0
+	golang.org/x/text v0.41.0
 )
 
 require (
@@ -24,5 +25,4 @@ require (
 	golang.org/x/net v0.56.0 // indirect
 	golang.org/x/sync v0.22.0 // indirect
 	golang.org/x/sys v0.47.0 // indirect
-	golang.org/x/text v0.41.0 // indirect
 )

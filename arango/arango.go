@@ -29,10 +29,12 @@ import (
 	"fmt"
 	"log/slog"
 	"sort"
+	"strconv"
 	"time"
 
 	"github.com/arangodb/go-driver/v2/arangodb"
 	"github.com/arangodb/go-driver/v2/arangodb/shared"
+	"golang.org/x/text/unicode/norm"
 
 	"github.com/shylock-go/shylock"
 	"github.com/shylock-go/shylock/internal/waiter"
@@ -99,11 +101,7 @@ func New(ctx context.Context, db arangodb.Database, collection string, opts ...O
 		}
 		return b, nil
 	}
-	c, err := b.ensureCollection(ctx, s)
-	if err != nil {
-		return nil, err
-	}
-	if err := b.ensureIndexes(ctx, c, s.grace.Round(time.Second)); err != nil {
+	if err := b.setUp(ctx, s); err != nil {
 		return nil, err
 	}
 	return b, nil
@@ -230,7 +228,7 @@ type leaseRow struct {
 
 // Acquire implements shylock.Backend.
 func (b *Backend) Acquire(ctx context.Context, req shylock.AcquireRequest) (shylock.Lease, error) {
-	if err := shylock.ValidateName(req.Name); err != nil {
+	if err := validateName(req.Name); err != nil {
 		return shylock.Lease{}, err
 	}
 	if err := shylock.ValidateTTL(req.TTL); err != nil {
@@ -269,6 +267,22 @@ func (b *Backend) Acquire(ctx context.Context, req shylock.AcquireRequest) (shyl
 	return shylock.Lease{Token: uint64(row.Token), ExpiresAt: seconds(row.ExpiresAt), Valid: req.TTL - b.offset}, nil
 }
 
+// validateName is shylock.ValidateName, and more: the name must be in Unicode normalization form
+// C. A lookup through the unique index compares names with the server's ICU collation, which
+// holds canonically equivalent strings equal (an "é" written as one code point or as "e" and a
+// combining accent), so two such names would be one lock here and two elsewhere; NFC is the form
+// text is almost always in already.
+func validateName(name string) error {
+	if err := shylock.ValidateName(name); err != nil {
+		return err
+	}
+	if !norm.NFC.IsNormalString(name) {
+		return fmt.Errorf("%w: %s is not in Unicode normalization form C, which the ArangoDB backend needs (use norm.NFC.String)",
+			shylock.ErrInvalidName, strconv.Quote(name))
+	}
+	return nil
+}
+
 // refuseWrite is the error of a write on a read-only backend.
 func refuseWrite(op, name string) error {
 	return fmt.Errorf("arango: %s %q: %w: the backend was opened with WithReadOnly", op, name, shylock.ErrRefused)
@@ -280,7 +294,7 @@ func notHeld(name string) error {
 
 // Extend implements shylock.Backend.
 func (b *Backend) Extend(ctx context.Context, name, owner string, token uint64, ttl time.Duration) (shylock.Lease, error) {
-	if err := shylock.ValidateName(name); err != nil {
+	if err := validateName(name); err != nil {
 		return shylock.Lease{}, err
 	}
 	if err := shylock.ValidateTTL(ttl); err != nil {
@@ -314,7 +328,7 @@ func (b *Backend) Extend(ctx context.Context, name, owner string, token uint64, 
 
 // Release implements shylock.Backend.
 func (b *Backend) Release(ctx context.Context, name, owner string, token uint64) error {
-	if err := shylock.ValidateName(name); err != nil {
+	if err := validateName(name); err != nil {
 		return err
 	}
 	if owner == "" {
@@ -340,7 +354,7 @@ func (b *Backend) Release(ctx context.Context, name, owner string, token uint64)
 
 // Inspect implements shylock.Backend.
 func (b *Backend) Inspect(ctx context.Context, name string) (shylock.Info, error) {
-	if err := shylock.ValidateName(name); err != nil {
+	if err := validateName(name); err != nil {
 		return shylock.Info{}, err
 	}
 	row, err := b.read(ctx, name)
@@ -375,7 +389,7 @@ func (b *Backend) List(ctx context.Context, prefix string) ([]shylock.Info, erro
 
 // ForceRelease implements shylock.Backend.
 func (b *Backend) ForceRelease(ctx context.Context, name string) (shylock.Info, error) {
-	if err := shylock.ValidateName(name); err != nil {
+	if err := validateName(name); err != nil {
 		return shylock.Info{}, err
 	}
 	if b.readOnly {

@@ -94,8 +94,8 @@ func TestQueriesCarryTheirValues(t *testing.T) {
 			t.Errorf("a release sets the expiry to 1970, so the TTL index deletes the record (and its tokens) at once:\n%s", q)
 		}
 	}
-	if q := b.listQuery("jobs/"); q.bind["upper"] != "jobs/\uffff" || !strings.Contains(q.text, "d.name >= @prefix && d.name < @upper") {
-		t.Errorf("list does not range over the index: %v\n%s", q.bind, q.text)
+	if q := b.listQuery("jobs/"); !strings.Contains(q.text, "LEFT(d.name, LENGTH(@prefix)) == @prefix") || strings.Contains(q.text, "d.name <") {
+		t.Errorf("list must match the prefix literally, not by a collation range: %s", q.text)
 	}
 }
 
@@ -213,12 +213,15 @@ func TestClusterDetection(t *testing.T) {
 
 func TestShardingCheck(t *testing.T) {
 	for _, keys := range [][]string{nil, {"name"}} {
-		if err := shardingProblem("locks", keys); err != nil {
+		if err := shardingProblem("locks", keys, 3); err != nil {
 			t.Errorf("shard keys %v refused: %v", keys, err)
 		}
 	}
+	if err := shardingProblem("locks", []string{"_key"}, 1); err != nil {
+		t.Errorf("one shard enforces any unique index, but was refused: %v", err)
+	}
 	for _, keys := range [][]string{{"_key"}, {"name", "owner"}} {
-		if err := shardingProblem("locks", keys); err == nil || !strings.Contains(err.Error(), "sharded by name") {
+		if err := shardingProblem("locks", keys, 3); err == nil || !strings.Contains(err.Error(), "sharded by name") {
 			t.Errorf("shard keys %v: %v; want a refusal with advice", keys, err)
 		}
 	}
@@ -239,5 +242,18 @@ func TestListRefusesBadPrefixBeforeIO(t *testing.T) {
 	b := &Backend{coll: "locks"} // no database: any I/O would panic
 	if _, err := b.List(t.Context(), "bad-\xff"); !errors.Is(err, shylock.ErrInvalidName) {
 		t.Fatalf("List with an invalid UTF-8 prefix: %v", err)
+	}
+}
+
+// TestNamesMustBeNFC: ArangoDB's index holds canonically equivalent names equal; the backend
+// refuses the decomposed spelling before any I/O rather than let two names be one lock.
+func TestNamesMustBeNFC(t *testing.T) {
+	b := &Backend{coll: "locks"} // no database: any I/O would panic
+	decomposed := "cafe\u0301"
+	if _, err := b.Acquire(t.Context(), shylock.AcquireRequest{Name: decomposed, Owner: "o", TTL: time.Second}); !errors.Is(err, shylock.ErrInvalidName) {
+		t.Fatalf("Acquire of a name not in NFC: %v; want ErrInvalidName", err)
+	}
+	if err := validateName("caf\u00e9"); err != nil {
+		t.Fatalf("the composed spelling is refused: %v", err)
 	}
 }

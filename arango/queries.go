@@ -63,16 +63,14 @@ FOR d IN @@coll
   LIMIT 1
   RETURN { doc: d, now: now }`
 
-// listAQL reads the records whose names start with @prefix. The range [@prefix, @upper), with
-// @upper the prefix and U+FFFF, lets the persistent index on name serve the query: AQL orders
-// strings by the server's ICU collation, in which a string sorts after its prefixes and U+FFFF
-// after every character. That range may hold names that only collate alike (other case or
-// accents), so LEFT and LENGTH, which count characters, keep the literal matches; sorting happens
-// in Go, by bytes.
+// listAQL reads the records whose names start with @prefix. LEFT and LENGTH both count
+// characters, so the comparison is literal; sorting happens in Go, by bytes. It reads the whole
+// collection: a range on the index would follow the server's ICU collation, in which a tailored
+// language (Danish "aa", Czech "ch") can sort a name starting with the prefix outside any range
+// the prefix gives, and List is for operators, not for the path of a lock.
 const listAQL = `LET now = DATE_NOW()
 FOR d IN @@coll
-  FILTER d.name >= @prefix && d.name < @upper
-  FILTER LEFT(d.name, LENGTH(@prefix)) == @prefix
+  FILTER IS_STRING(d.name) && LEFT(d.name, LENGTH(@prefix)) == @prefix
   RETURN { doc: d, now: now }`
 
 func (b *Backend) acquireQuery(name, owner, label string, ttl time.Duration) query {
@@ -98,5 +96,5 @@ func (b *Backend) inspectQuery(name string) query {
 }
 
 func (b *Backend) listQuery(prefix string) query {
-	return query{listAQL, map[string]any{"@coll": b.coll, "prefix": prefix, "upper": prefix + "\uffff"}}
+	return query{listAQL, map[string]any{"@coll": b.coll, "prefix": prefix}}
 }

@@ -16,61 +16,75 @@ func clustered(info arangodb.DatabaseInfo) bool {
 	return info.ReplicationFactor != 0 || info.WriteConcern != 0 || info.Sharding != ""
 }
 
-// ensureCollection opens the collection, creating it (sharded by name) if it is missing. After a
-// concurrent creator's 1207, a coordinator can answer 404 for a moment while that collection is
-// still being created, so opening it is retried for a few seconds.
-func (b *Backend) ensureCollection(ctx context.Context, s settings) (arangodb.Collection, error) {
-	exists, err := b.db.CollectionExists(ctx, b.coll)
-	if err != nil {
-		return nil, fmt.Errorf("arango: looking up collection %s: %w", b.coll, err)
+// setUp makes the collection ready: created if missing (sharded by name), sharded as it must be,
+// with its indexes. Right after a concurrent creator's 1207 a coordinator can answer 404 for a
+// moment, for the collection or its indexes, while that collection is still being built, so the
+// set-up is retried on 404 for ten seconds.
+func (b *Backend) setUp(ctx context.Context, s settings) error {
+	if err := b.createCollection(ctx, s); err != nil {
+		return err
 	}
-	if !exists {
-		props := &arangodb.CreateCollectionPropertiesV2{ShardKeys: &[]string{"name"}}
-		if s.replicationFactor > 0 {
-			rf := arangodb.ReplicationFactor(s.replicationFactor)
-			props.ReplicationFactor = &rf
-		}
-		if s.writeConcern > 0 {
-			props.WriteConcern = &s.writeConcern
-		}
-		_, err := b.db.CreateCollectionV2(ctx, b.coll, props)
-		switch {
-		case shared.IsArangoErrorWithErrorNum(err, errDuplicateName):
-		case err != nil:
-			return nil, fmt.Errorf("arango: creating collection %s: %w", b.coll, err)
-		default:
-			b.log.Debug("shylock/arango: created the lock collection, sharded by name", "collection", b.coll)
-		}
-	}
-	deadline := time.Now().Add(5 * time.Second)
-	for wait := 50 * time.Millisecond; ; wait *= 2 {
+	deadline := time.Now().Add(10 * time.Second)
+	for wait := 50 * time.Millisecond; ; wait = min(2*wait, time.Second) {
 		c, err := b.db.GetCollection(ctx, b.coll, nil)
+		if err != nil {
+			err = fmt.Errorf("arango: opening collection %s: %w", b.coll, err)
+		} else if err = b.checkSharding(ctx, c); err == nil {
+			err = b.ensureIndexes(ctx, c, s.grace.Round(time.Second))
+		}
 		if err == nil || !shared.IsNotFound(err) || time.Now().After(deadline) {
-			if err != nil {
-				return nil, fmt.Errorf("arango: opening collection %s: %w", b.coll, err)
-			}
-			return c, b.checkSharding(ctx, c)
+			return err
 		}
 		select {
 		case <-time.After(wait):
 		case <-ctx.Done():
-			return nil, fmt.Errorf("arango: opening collection %s: %w", b.coll, ctx.Err())
+			return fmt.Errorf("arango: setting up collection %s: %w", b.coll, ctx.Err())
 		}
 	}
 }
 
-// checkSharding refuses a cluster collection sharded otherwise than by name: ArangoDB can only
-// enforce a unique index that contains the shard key. (A single server reports no shard keys.)
+// createCollection creates the collection, sharded by name, unless it exists; a concurrent
+// creator (1207) is fine.
+func (b *Backend) createCollection(ctx context.Context, s settings) error {
+	exists, err := b.db.CollectionExists(ctx, b.coll)
+	if err != nil || exists {
+		if err != nil {
+			return fmt.Errorf("arango: looking up collection %s: %w", b.coll, err)
+		}
+		return nil
+	}
+	props := &arangodb.CreateCollectionPropertiesV2{ShardKeys: &[]string{"name"}}
+	if s.replicationFactor > 0 {
+		rf := arangodb.ReplicationFactor(s.replicationFactor)
+		props.ReplicationFactor = &rf
+	}
+	if s.writeConcern > 0 {
+		props.WriteConcern = &s.writeConcern
+	}
+	_, err = b.db.CreateCollectionV2(ctx, b.coll, props)
+	switch {
+	case shared.IsArangoErrorWithErrorNum(err, errDuplicateName):
+	case err != nil:
+		return fmt.Errorf("arango: creating collection %s: %w", b.coll, err)
+	default:
+		b.log.Debug("shylock/arango: created the lock collection, sharded by name", "collection", b.coll)
+	}
+	return nil
+}
+
+// checkSharding refuses a cluster collection of several shards sharded otherwise than by name:
+// ArangoDB can only enforce a unique index that contains the shard key. (A single server reports
+// no shard keys, and one shard enforces any unique index.)
 func (b *Backend) checkSharding(ctx context.Context, c arangodb.Collection) error {
 	props, err := c.Properties(ctx)
 	if err != nil {
 		return fmt.Errorf("arango: reading the properties of collection %s: %w", b.coll, err)
 	}
-	return shardingProblem(b.coll, props.ShardKeys)
+	return shardingProblem(b.coll, props.ShardKeys, props.NumberOfShards)
 }
 
-func shardingProblem(coll string, shardKeys []string) error {
-	if len(shardKeys) == 0 || slices.Equal(shardKeys, []string{"name"}) {
+func shardingProblem(coll string, shardKeys []string, shards int) error {
+	if len(shardKeys) == 0 || shards == 1 || slices.Equal(shardKeys, []string{"name"}) {
 		return nil
 	}
 	return fmt.Errorf("arango: collection %s is sharded by %v, but a unique index on name needs it sharded by name: "+
