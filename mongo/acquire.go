@@ -160,7 +160,15 @@ func (b *Backend) acquireEstimated(ctx context.Context, req shylock.AcquireReque
 		case err != nil:
 			return shylock.Lease{}, opError("acquire", req.Name, err)
 		case cur.Owner == req.Owner && cur.ExpiresAt.After(hi):
-			// An earlier attempt of this owner was applied; its reply was lost.
+			// An earlier attempt of this owner was applied (its reply was lost), or the holder
+			// takes its lock again to change its label.
+			if cur.Label != req.Label {
+				_, err := b.coll.UpdateOne(ctx, bson.D{{Key: "_id", Value: cur.ID}, {Key: "owner", Value: req.Owner}, {Key: "token", Value: cur.Token}},
+					bson.D{{Key: "$set", Value: bson.D{{Key: "label", Value: req.Label}}}})
+				if err != nil {
+					return shylock.Lease{}, opError("acquire", req.Name, err)
+				}
+			}
 			return shylock.Lease{Token: uint64(cur.Token), ExpiresAt: cur.ExpiresAt, Valid: cur.ExpiresAt.Sub(hi) - b.offset}, nil
 		case cur.Owner != "" && cur.ExpiresAt.Add(b.offset).After(lo):
 			return shylock.Lease{}, held(req.Name, cur)

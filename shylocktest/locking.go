@@ -206,6 +206,14 @@ func testRetryRecognisesOwnLock(t *testing.T, s *suite) {
 	if again.Token < first.Token {
 		t.Fatalf("repeated Acquire gave token %d after %d; it may keep the token but not go back", again.Token, first.Token)
 	}
+	// The holder takes its lock again with another label: the lock stays its own, relabelled.
+	req.Label = "a, relabelled"
+	if _, err := s.b.Acquire(s.ctx, req); err != nil {
+		t.Fatalf("Acquire by the holder with a new label: %v", err)
+	}
+	if info := s.inspect(t, req.Name); !info.Held || info.Owner != req.Owner || info.Label != req.Label {
+		t.Fatalf("after the holder took its lock again with a new label: %+v", info)
+	}
 	if err := s.b.Release(s.ctx, req.Name, req.Owner, 0); err != nil {
 		t.Fatalf("Release with token 0 (any holding of the owner): %v", err)
 	}
