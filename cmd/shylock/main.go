@@ -65,6 +65,7 @@ var commands = []command{
 	{"release", releaseArgs, "free a lock whoever holds it (its holder finds out at its next renewal)", runRelease},
 	{"watch", watchArgs, "a live table of locks, redrawn as they change", runWatch},
 	{"run", runArgs, "run COMMAND while holding NAME, renewing it; exit like flock(1)", runRun},
+	{"serve", serveArgs, "serve the locks over HTTP (Relukko's v1 API), with a live web page", runServe},
 	{"version", "", "print the version of this command", runVersion},
 }
 

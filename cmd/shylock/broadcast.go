@@ -1,0 +1,246 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"log/slog"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/shylock-go/shylock"
+)
+
+// broadcaster tells WebSocket clients about the locks. It reads every lock from the backend at
+// each poll (and at once after a change through this replica, and at the next expiry): a lock
+// that was held and is not any more was released (here, by another replica or by a library
+// user) or expired, and Relukko's clients on /ws/broadcast get {"deleted": lock} for it, so that
+// their waiting acquires try again. Pages on /ws/locks get every change of the list.
+type broadcaster struct {
+	b       shylock.Backend
+	every   time.Duration
+	metrics *metrics
+	log     *slog.Logger
+	kick    chan struct{}
+
+	mu        sync.Mutex
+	clients   map[*client]struct{}
+	held      map[string]shylock.Info // by owner: the locks held at the last poll
+	pageLocks []byte                  // the locks of the last snapshot sent to pages
+	page      []byte                  // that snapshot
+}
+
+// client is one WebSocket connection. Its writer sends what arrives on out; a client too slow to
+// keep up is dropped rather than let it hold the others back.
+type client struct {
+	conn *websocket.Conn
+	out  chan []byte
+	page bool // a page (snapshots) rather than a Relukko client (deletions)
+	done chan struct{}
+	once sync.Once
+}
+
+func (c *client) close(code websocket.StatusCode, why string) {
+	c.once.Do(func() {
+		close(c.done)
+		_ = c.conn.Close(code, why)
+	})
+}
+
+func newBroadcaster(b shylock.Backend, every time.Duration, m *metrics, log *slog.Logger) *broadcaster {
+	return &broadcaster{b: b, every: every, metrics: m, log: log, kick: make(chan struct{}, 1),
+		clients: map[*client]struct{}{}, held: map[string]shylock.Info{}}
+}
+
+// changed asks for a poll now: a lock changed through this replica.
+func (h *broadcaster) changed() {
+	select {
+	case h.kick <- struct{}{}:
+	default:
+	}
+}
+
+// released tells the clients at once about a release through this replica.
+func (h *broadcaster) released(in shylock.Info) {
+	h.mu.Lock()
+	delete(h.held, in.Owner)
+	h.mu.Unlock()
+	h.deleted(in)
+	h.changed()
+}
+
+func (h *broadcaster) deleted(in shylock.Info) {
+	msg, _ := json.Marshal(map[string]any{"deleted": dto(in)})
+	h.send(msg, false)
+}
+
+func (h *broadcaster) send(msg []byte, page bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for c := range h.clients {
+		if c.page != page {
+			continue
+		}
+		select {
+		case c.out <- msg:
+		default:
+			go c.close(websocket.StatusPolicyViolation, "too slow")
+		}
+	}
+}
+
+// run polls until ctx ends.
+func (h *broadcaster) run(ctx context.Context) {
+	t := time.NewTimer(0)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+		case <-h.kick:
+		case <-ctx.Done():
+			return
+		}
+		next := h.poll(ctx)
+		if !t.Stop() {
+			select {
+			case <-t.C:
+			default:
+			}
+		}
+		t.Reset(next)
+	}
+}
+
+// poll reads the locks, reports the ones that went, and returns when to poll next: at the
+// interval, or sooner when a lease ends before it.
+func (h *broadcaster) poll(ctx context.Context) time.Duration {
+	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	infos, err := h.b.List(pctx, "")
+	cancel()
+	if err != nil {
+		if ctx.Err() == nil {
+			h.log.Warn("shylock serve: reading the locks failed; retrying", "err", err)
+		}
+		return h.every
+	}
+	now := map[string]shylock.Info{}
+	next := h.every
+	var page []lockDTO
+	for _, in := range infos {
+		if in.Held {
+			now[in.Owner] = in
+			page = append(page, dto(in))
+			next = min(next, in.Remaining+time.Millisecond)
+		}
+	}
+	h.mu.Lock()
+	var gone []shylock.Info
+	for owner, in := range h.held {
+		if _, ok := now[owner]; !ok {
+			gone = append(gone, in)
+		}
+	}
+	h.held = now
+	h.mu.Unlock()
+	for _, in := range gone {
+		h.metrics.gone.Inc()
+		h.deleted(in)
+	}
+	h.metrics.held.Set(float64(len(now)))
+	locks, _ := json.Marshal(page)
+	h.mu.Lock()
+	changed := string(locks) != string(h.pageLocks)
+	h.pageLocks = locks
+	if changed {
+		// The server's time lets the page count down by the server's clock, not the browser's.
+		h.page, _ = json.Marshal(map[string]any{"locks": json.RawMessage(locks), "now": time.Now().UTC().Format(relukkoTimes)})
+	}
+	snapshot := h.page
+	h.mu.Unlock()
+	if changed {
+		h.send(snapshot, true)
+	}
+	return next
+}
+
+// serveBroadcast is Relukko's /ws/broadcast.
+func (h *broadcaster) serveBroadcast(w http.ResponseWriter, r *http.Request) {
+	h.serve(w, r, false, nil)
+}
+
+// servePage is /ws/locks, for the web page: a browser cannot set headers on a WebSocket, so the
+// page sends the API key (or nothing) as its first message, never in the URL.
+func (h *broadcaster) servePage(keys [][]byte) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		h.serve(w, r, true, func(ctx context.Context, conn *websocket.Conn) bool {
+			rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			defer cancel()
+			_, key, err := conn.Read(rctx)
+			if err != nil || len(keys) > 0 && !keyOK(keys, string(key)) {
+				_ = conn.Close(websocket.StatusPolicyViolation, "missing or unknown API key")
+				return false
+			}
+			return true
+		})
+	}
+}
+
+func (h *broadcaster) serve(w http.ResponseWriter, r *http.Request, page bool, auth func(context.Context, *websocket.Conn) bool) {
+	conn, err := websocket.Accept(w, r, nil)
+	if err != nil {
+		return // Accept has answered
+	}
+	if auth != nil && !auth(r.Context(), conn) {
+		return
+	}
+	c := &client{conn: conn, out: make(chan []byte, 64), page: page, done: make(chan struct{})}
+	h.mu.Lock()
+	h.clients[c] = struct{}{}
+	if page && h.page != nil {
+		c.out <- h.page
+	}
+	h.mu.Unlock()
+	h.metrics.sockets.Inc()
+	defer func() {
+		h.mu.Lock()
+		delete(h.clients, c)
+		h.mu.Unlock()
+		h.metrics.sockets.Dec()
+		c.close(websocket.StatusNormalClosure, "")
+	}()
+	ctx := conn.CloseRead(r.Context()) // answers pings; done when the client goes
+	for {
+		select {
+		case msg := <-c.out:
+			wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			err := conn.Write(wctx, websocket.MessageText, msg)
+			cancel()
+			if err != nil {
+				return
+			}
+		case <-ctx.Done():
+			return
+		case <-c.done:
+			return
+		}
+	}
+}
+
+// closeAll ends every WebSocket, for shutdown: the HTTP server does not close connections it
+// handed over.
+func (h *broadcaster) closeAll() {
+	h.mu.Lock()
+	clients := make([]*client, 0, len(h.clients))
+	for c := range h.clients {
+		clients = append(clients, c)
+	}
+	h.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, c := range clients {
+		wg.Add(1)
+		go func() { defer wg.Done(); c.close(websocket.StatusGoingAway, "the server is shutting down") }()
+	}
+	wg.Wait()
+}

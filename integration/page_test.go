@@ -1,0 +1,124 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
+)
+
+// chromium returns the path of a Chromium to drive, or "" if there is none.
+func chromium() string {
+	for _, name := range []string{"chromium", "chromium-browser", "google-chrome"} {
+		if p, err := exec.LookPath(name); err == nil {
+			return p
+		}
+	}
+	return ""
+}
+
+// TestServePage drives the web page in a real headless Chromium: it asks for the API key,
+// shows the locks with their holders, tokens and a live countdown, follows changes by push,
+// filters by prefix, and releases and extends behind a confirmation. A screenshot is saved
+// as an artifact (go test -artifacts).
+func TestServePage(t *testing.T) {
+	browser := chromium()
+	if browser == "" {
+		t.Skip("no Chromium: install Debian's chromium package (the CI run does) to test the web page in a browser")
+	}
+	bin := build(t, "github.com/shylock-go/shylock/cmd/shylock")
+	s := startServe(t, bin, serveEnv(), "--memory", "--poll", "100ms")
+	var held, other relukkoLock
+	s.call(t, "POST", "/v1/locks/", `{"lock_name": "lab/scope-1", "creator": "ci job 7"}`, &held)
+	s.call(t, "POST", "/v1/locks/", `{"lock_name": "rack/switch-4", "creator": "alice"}`, &other)
+
+	alloc, cancel := chromedp.NewExecAllocator(context.Background(), append(chromedp.DefaultExecAllocatorOptions[:],
+		chromedp.ExecPath(browser), chromedp.NoSandbox, chromedp.Headless, chromedp.DisableGPU,
+		chromedp.Flag("no-first-run", true), chromedp.Flag("disable-background-networking", true),
+		chromedp.WindowSize(1100, 500))...)
+	defer cancel()
+	ctx, cancel := chromedp.NewContext(alloc)
+	defer cancel()
+	ctx, cancel = context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+
+	row := func(id string) string { return fmt.Sprintf(`tr[data-id=%q]`, id) }
+	text := func(sel string) string {
+		t.Helper()
+		v, err := chromedp.Run(ctx, chromedp.Text(chromedp.CSS(sel)))
+		if err != nil {
+			t.Fatalf("reading %s: %v", sel, err)
+		}
+		return v
+	}
+	err := chromedp.Do(ctx,
+		chromedp.Navigate(s.url+"/"),
+		chromedp.WaitVisible(chromedp.ID("key")), // the server wants a key the page does not have yet
+		chromedp.SendKeys(chromedp.ID("keyInput"), s.key),
+		chromedp.Click(chromedp.CSS("#key button")), // as a user would: Submit would bypass the form's handler
+		chromedp.WaitVisible(chromedp.CSS(row(held.ID))),
+	)
+	if err != nil {
+		t.Fatalf("the page: %v", err)
+	}
+	table, first := text("#locks"), text(row(held.ID)+" .countdown")
+	time.Sleep(1200 * time.Millisecond)
+	second := text(row(held.ID) + " .countdown")
+	for _, want := range []string{"lab/scope-1", "ci job 7", "rack/switch-4", "alice", fmt.Sprint(held.Token)} {
+		if !strings.Contains(table, want) {
+			t.Errorf("the table lacks %q:\n%s", want, table)
+		}
+	}
+	if first == second || !strings.HasPrefix(first, "9m") {
+		t.Errorf("the countdown went from %q to %q; want it counting down from about 10 minutes", first, second)
+	}
+
+	// A lock taken elsewhere appears without a reload; the filter hides what does not match.
+	var added relukkoLock
+	s.call(t, "POST", "/v1/locks/", `{"lock_name": "lab/scope-2", "creator": "bob"}`, &added)
+	if err := chromedp.Do(ctx, chromedp.WaitVisible(chromedp.CSS(row(added.ID))), chromedp.SendKeys(chromedp.ID("prefix"), "lab/"),
+		chromedp.Sleep(100*time.Millisecond)); err != nil {
+		t.Fatalf("a pushed lock, the filter: %v", err)
+	}
+	if visible := text("#locks"); !strings.Contains(visible, "lab/scope-2") || strings.Contains(visible, "rack/switch-4") {
+		t.Errorf("filtered by lab/, the table shows:\n%s", visible)
+	}
+	shot, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.ArtifactDir(), "page.png")
+	if err := os.WriteFile(path, shot, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("screenshot: %s", path)
+
+	// Release and extend, each confirmed.
+	if _, err := chromedp.Run(ctx, chromedp.Evaluate[bool](`window.confirm = () => true; true`)); err != nil {
+		t.Fatal(err)
+	}
+	err = chromedp.Do(ctx,
+		chromedp.Click(chromedp.CSS(row(held.ID)+" button.release")),
+		chromedp.WaitNotPresent(chromedp.CSS(row(held.ID))),
+		chromedp.Click(chromedp.CSS(row(added.ID)+" button.extend")),
+	)
+	if err != nil {
+		t.Fatalf("release and extend: %v", err)
+	}
+	var e relukkoError
+	if code := s.call(t, "GET", "/v1/locks/"+held.ID, "", &e); code != 422 {
+		t.Fatalf("the lock released from the page answers %d", code)
+	}
+	waitFor(t, func() bool {
+		var l relukkoLock
+		s.call(t, "GET", "/v1/locks/"+added.ID, "", &l)
+		exp, err := time.Parse(time.RFC3339Nano, l.ExpiresAt)
+		return err == nil && time.Until(exp) > 14*time.Minute
+	})
+}
