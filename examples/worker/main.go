@@ -5,11 +5,13 @@
 //
 // A lock alone prevents overlap, not repetition: a process whose tick fires after another's run
 // of the same tick has ended finds the job's lock free and would run the job again. So each run
-// claims its tick: a lock named for the job and the tick, taken and never released. It expires
-// after the tick, so the first process to claim a tick runs the job for it and every later one
-// finds it taken. Ticks are slots of wall-clock time, so the processes' clocks must agree to well
-// within a tick (NTP does, for ticks of a second or more); the job's own lock keeps a run that
-// outlasts its tick from overlapping the next one.
+// claims its tick: a lock named for the job and the tick, taken and never released, so the first
+// process to claim a tick runs the job for it and every later one finds it taken. The claim must
+// outlive every attempt to claim its tick: a process that falls more than lateTicks behind (a
+// loaded machine, a long pause) skips the tick rather than claim it after its claim expired.
+// Ticks are slots of wall-clock time, so the processes' clocks must agree to well within a tick
+// (NTP does, for ticks of a second or more); the job's own lock keeps a run that outlasts its
+// tick from overlapping the next one.
 package main
 
 import (
@@ -31,6 +33,9 @@ import (
 )
 
 var jobs = []string{"jobs/nightly-report", "jobs/expire-sessions", "jobs/reindex"}
+
+// A tick is claimed at most lateTicks after it began, and its claim lasts twice as long.
+const lateTicks = 5
 
 func main() {
 	processes := flag.Int("processes", 3, "worker processes to start (0: be one worker)")
@@ -73,7 +78,11 @@ func work(ctx context.Context, ticks int, every time.Duration) {
 // run runs job for the tick that started at slot, unless another process has already claimed
 // that tick.
 func run(ctx context.Context, job string, slot time.Time, every time.Duration) {
-	claim := shylock.New(fmt.Sprintf("%s@%d", job, slot.UnixMilli()), shylock.WithTTL(2*every))
+	if late := time.Since(slot); late > lateTicks*every {
+		log.Printf("pid %d: %s: skipping the tick at slot %d, %v late: its claim may be gone", os.Getpid(), job, slot.UnixMilli(), late.Round(time.Millisecond))
+		return
+	}
+	claim := shylock.New(fmt.Sprintf("%s@%d", job, slot.UnixMilli()), shylock.WithTTL(2*lateTicks*every))
 	ok, err := claim.TryAcquire(ctx)
 	switch {
 	case err != nil:
