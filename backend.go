@@ -18,9 +18,10 @@ type Backend interface {
 	// Acquire makes one attempt to take req.Name for req.Owner. It succeeds when nobody holds
 	// the name, when the holder's lease has expired, or when req.Owner already holds it (a retry
 	// after an ambiguous write recognises its own lock; the new label replaces the old one).
-	// Each success issues a fencing token greater than every token issued before for that name
-	// (taking its own lock again, the holder may keep its token). It returns an error wrapping
-	// ErrLocked when another owner holds the name, and changes nothing then.
+	// Each success issues a fencing token greater than every token issued before for that name,
+	// except that a holder taking its own lock again keeps its token and acquisition time: no
+	// other holding came between. It returns an error wrapping ErrLocked when another owner
+	// holds the name, and changes nothing then.
 	Acquire(ctx context.Context, req AcquireRequest) (Lease, error)
 
 	// Extend sets the expiry of the holding (name, owner, token) to ttl from now. It returns an

@@ -15,7 +15,8 @@ type query struct {
 }
 
 // acquireAQL takes the lock if it is free, expired by more than the clock offset (@offset, in
-// milliseconds), or the caller's own. A live lock of another owner yields no row. The UPSERT's
+// milliseconds), or the caller's own (which keeps its token and acquisition time: no other
+// holding came between). A live lock of another owner yields no row. The UPSERT's
 // lookup reads the same snapshot as the subquery before it, so it finds the record just read (by
 // name and revision) and takes the UPDATE branch; a change another client commits after that
 // snapshot makes the write fail with a write-write conflict (1200), and two clients inserting a
@@ -28,8 +29,10 @@ FOR cur IN [FIRST(FOR d IN @@coll FILTER d.name == @name LIMIT 1 RETURN d)]
   UPSERT { name: @name, _rev: cur._rev }
   INSERT { name: @name, owner: @owner, label: @label, token: now * 1000,
     acquiredAt: now / 1000, renewedAt: now / 1000, expiresAt: (now + @ttl) / 1000 }
-  UPDATE { owner: @owner, label: @label, token: MAX([OLD.token + 1, now * 1000]),
-    acquiredAt: now / 1000, renewedAt: now / 1000, expiresAt: (now + @ttl) / 1000 }
+  UPDATE { owner: @owner, label: @label,
+    token: OLD.owner == @owner ? OLD.token : MAX([OLD.token + 1, now * 1000]),
+    acquiredAt: OLD.owner == @owner ? OLD.acquiredAt : now / 1000,
+    renewedAt: now / 1000, expiresAt: (now + @ttl) / 1000 }
   IN @@coll OPTIONS { waitForSync: true }
   RETURN { token: NEW.token, expiresAt: NEW.expiresAt }`
 

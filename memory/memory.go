@@ -90,9 +90,15 @@ func (b *Backend) Acquire(ctx context.Context, req shylock.AcquireRequest) (shyl
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	now := b.now()
-	if r := b.locks[req.Name]; r != nil && r.owner != req.Owner && r.held(now) {
+	r := b.locks[req.Name]
+	switch {
+	case r != nil && r.owner != req.Owner && r.held(now):
 		return shylock.Lease{}, fmt.Errorf("%w: %q is held by %q until %s", shylock.ErrLocked,
 			req.Name, r.label, r.expiresAt.Format(time.RFC3339Nano))
+	case r != nil && r.owner == req.Owner:
+		// The same holding goes on: nobody held the name in between, so its token still fences.
+		r.label, r.renewedAt, r.expiresAt = req.Label, now, now.Add(req.TTL)
+		return shylock.Lease{Token: r.token, ExpiresAt: r.expiresAt, Valid: req.TTL}, nil
 	}
 	b.sweep(now)
 	b.seq++

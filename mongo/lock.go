@@ -51,7 +51,7 @@ func (b *Backend) Extend(ctx context.Context, name, owner string, token uint64, 
 		err = b.coll.FindOneAndUpdate(ctx,
 			bson.D{{Key: "name", Value: name}, {Key: "owner", Value: owner}, {Key: "token", Value: int64(token)},
 				{Key: "expiresAt", Value: bson.D{{Key: "$gt", Value: hi}}}},
-			bson.D{{Key: "$set", Value: bson.D{{Key: "renewedAt", Value: lo.Add(hi.Sub(lo) / 2)}, {Key: "expiresAt", Value: exp}}}},
+			bson.D{{Key: "$set", Value: bson.D{{Key: "renewedAt", Value: exp.Add(-ttl)}, {Key: "expiresAt", Value: exp}}}},
 			after).Decode(&rec)
 		if err == nil {
 			// Such servers may report an update of a record that a taker deleted meanwhile:

@@ -203,16 +203,22 @@ func testRetryRecognisesOwnLock(t *testing.T, s *suite) {
 	if err != nil {
 		t.Fatalf("repeated Acquire by the same owner: %v; it must recognise its own lock", err)
 	}
-	if again.Token < first.Token {
-		t.Fatalf("repeated Acquire gave token %d after %d; it may keep the token but not go back", again.Token, first.Token)
+	if again.Token != first.Token {
+		t.Fatalf("repeated Acquire gave token %d after %d; the holding goes on and keeps its token", again.Token, first.Token)
 	}
-	// The holder takes its lock again with another label: the lock stays its own, relabelled.
+	// The holder takes its lock again with another label: the lock stays its own, relabelled,
+	// with the same token and acquisition time.
+	before := s.inspect(t, req.Name)
 	req.Label = "a, relabelled"
-	if _, err := s.b.Acquire(s.ctx, req); err != nil {
+	relabelled, err := s.b.Acquire(s.ctx, req)
+	if err != nil {
 		t.Fatalf("Acquire by the holder with a new label: %v", err)
 	}
-	if info := s.inspect(t, req.Name); !info.Held || info.Owner != req.Owner || info.Label != req.Label {
-		t.Fatalf("after the holder took its lock again with a new label: %+v", info)
+	info := s.inspect(t, req.Name)
+	if !info.Held || info.Owner != req.Owner || info.Label != req.Label || relabelled.Token != first.Token ||
+		info.Token != first.Token || !info.AcquiredAt.Equal(before.AcquiredAt) {
+		t.Fatalf("after the holder took its lock again with a new label: %+v (token %d); want it relabelled, token %d, acquired at %v",
+			info, relabelled.Token, first.Token, before.AcquiredAt)
 	}
 	if err := s.b.Release(s.ctx, req.Name, req.Owner, 0); err != nil {
 		t.Fatalf("Release with token 0 (any holding of the owner): %v", err)
