@@ -29,7 +29,7 @@ const cmdTimeout = 2 * time.Minute
 // boundedCmd returns a command that gets SIGTERM when t ends or cmdTimeout passes (shylock run
 // passes it on to its command's process group, so nothing it started is left behind), and is
 // killed if it still runs 10 s later.
-func boundedCmd(t *testing.T, bin string, args ...string) *exec.Cmd {
+func boundedCmd(t testing.TB, bin string, args ...string) *exec.Cmd {
 	ctx, cancel := context.WithTimeout(t.Context(), cmdTimeout)
 	t.Cleanup(cancel)
 	cmd := exec.CommandContext(ctx, bin, args...)
@@ -39,7 +39,7 @@ func boundedCmd(t *testing.T, bin string, args ...string) *exec.Cmd {
 }
 
 // build compiles a program of the project into a temporary directory.
-func build(t *testing.T, pkg string) string {
+func build(t testing.TB, pkg string) string {
 	t.Helper()
 	bin := filepath.Join(t.TempDir(), filepath.Base(pkg))
 	out, err := exec.Command("go", "build", "-o", bin, pkg).CombinedOutput()

@@ -99,7 +99,20 @@ func TestServePage(t *testing.T) {
 	}
 	t.Logf("screenshot: %s", path)
 
-	// Release and extend, each confirmed.
+	// Release and extend, each behind a confirmation: declined, nothing changes.
+	if _, err := chromedp.Run(ctx, chromedp.Evaluate[bool](`window.asked = 0; window.confirm = () => (window.asked++, false); true`)); err != nil {
+		t.Fatal(err)
+	}
+	if err := chromedp.Do(ctx, chromedp.Click(chromedp.CSS(row(held.ID)+" button.release")), chromedp.Sleep(300*time.Millisecond)); err != nil {
+		t.Fatal(err)
+	}
+	asked, err := chromedp.Run(ctx, chromedp.Evaluate[int](`window.asked`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code := s.call(t, "GET", "/v1/locks/"+held.ID, "", nil); asked != 1 || code != 200 {
+		t.Fatalf("a declined release: asked %d times, the lock answers %d; want asked once and still held", asked, code)
+	}
 	if _, err := chromedp.Run(ctx, chromedp.Evaluate[bool](`window.confirm = () => true; true`)); err != nil {
 		t.Fatal(err)
 	}

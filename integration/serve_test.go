@@ -18,7 +18,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -44,7 +43,7 @@ type served struct {
 }
 
 // startServe runs shylock serve with args and the test key, and returns it once it listens.
-func startServe(t *testing.T, bin string, env []string, args ...string) *served {
+func startServe(t testing.TB, bin string, env []string, args ...string) *served {
 	t.Helper()
 	cmd := boundedCmd(t, bin, append([]string{"serve", "--addr", "127.0.0.1:0", "--api-key", serveKey}, args...)...)
 	cmd.Env = env
@@ -72,12 +71,12 @@ func startServe(t *testing.T, bin string, env []string, args ...string) *served 
 }
 
 // call sends an API request with the key and decodes the JSON answer into out (if not nil).
-func (s *served) call(t *testing.T, method, path, body string, out any) int {
+func (s *served) call(t testing.TB, method, path, body string, out any) int {
 	t.Helper()
 	return s.callKey(t, s.key, method, path, body, out)
 }
 
-func (s *served) callKey(t *testing.T, key, method, path, body string, out any) int {
+func (s *served) callKey(t testing.TB, key, method, path, body string, out any) int {
 	t.Helper()
 	req, err := http.NewRequest(method, s.url+path, strings.NewReader(body))
 	if err != nil {
@@ -147,8 +146,8 @@ func TestServeAPI(t *testing.T) {
 				t.Fatalf("GET /v1/locks/ = %d %+v", code, all)
 			}
 			var got relukkoLock
-			if code := s.call(t, "GET", "/v1/locks/"+l.ID, "", &got); code != 200 || got.ID != l.ID || got.Token != l.Token {
-				t.Fatalf("GET by id = %d %+v", code, got)
+			if code := s.call(t, "GET", "/v1/locks/"+l.ID, "", &got); code != 200 || got != l {
+				t.Fatalf("GET by id = %d %+v; want the lock as POST answered it, %+v", code, got, l) // pyrelukko's tests compare them
 			}
 
 			if code := s.call(t, "GET", "/v1/locks/"+l.ID+"/keep_alive", "", &got); code != 200 {
@@ -173,6 +172,17 @@ func TestServeAPI(t *testing.T) {
 				t.Fatalf("PUT creator and expires_at answered %d", code)
 			}
 			checkDTO(t, got, "dev/printer", "renamed", 5*time.Hour-time.Minute, 5*time.Hour)
+			if got.Token != l.Token || got.CreatedAt != l.CreatedAt {
+				t.Fatalf("a new creator changed the holding: token %d, created %s; want %d, %s", got.Token, got.CreatedAt, l.Token, l.CreatedAt)
+			}
+			// The expiry asked for is the one set, by the database's clock, within milliseconds.
+			want := time.Now().Add(3 * time.Hour).Truncate(time.Millisecond).UTC()
+			if code := s.call(t, "PUT", "/v1/locks/"+l.ID, fmt.Sprintf(`{"expires_at": %q}`, want.Format(time.RFC3339Nano)), &got); code != 200 {
+				t.Fatalf("PUT expires_at answered %d", code)
+			}
+			if exp, err := time.Parse(time.RFC3339Nano, got.ExpiresAt); err != nil || exp.Sub(want).Abs() > 50*time.Millisecond {
+				t.Fatalf("asked for expires_at %s, got %s", want.Format(time.RFC3339Nano), got.ExpiresAt)
+			}
 			var e relukkoError
 			tooFar := time.Now().Add(48 * time.Hour).UTC().Format(time.RFC3339)
 			if code := s.call(t, "PUT", "/v1/locks/"+l.ID, fmt.Sprintf(`{"creator": "nope", "expires_at": %q}`, tooFar), &e); code != 400 {
@@ -183,8 +193,9 @@ func TestServeAPI(t *testing.T) {
 			}
 
 			var deleted relukkoLock
-			if code := s.call(t, "DELETE", "/v1/locks/"+l.ID, "", &deleted); code != 200 || deleted.ID != l.ID || deleted.Creator != "renamed" {
-				t.Fatalf("DELETE = %d %+v; want the lock as it was", code, deleted)
+			s.call(t, "GET", "/v1/locks/"+l.ID, "", &got)
+			if code := s.call(t, "DELETE", "/v1/locks/"+l.ID, "", &deleted); code != 200 || deleted != got {
+				t.Fatalf("DELETE = %d %+v; want the lock as it was, %+v", code, deleted, got)
 			}
 			for _, c := range []struct{ method, path, body string }{
 				{"GET", "/v1/locks/" + l.ID, ""}, {"DELETE", "/v1/locks/" + l.ID, ""},
@@ -195,8 +206,8 @@ func TestServeAPI(t *testing.T) {
 				}
 			}
 
-			// An expiry in the past ends the lock at once.
-			if code := s.call(t, "POST", "/v1/locks/", `{"lock_name": "dev/scope", "creator": "me"}`, &l); code != 201 {
+			// An expiry in the past ends the lock at once. (Without the slash, as older clients send it.)
+			if code := s.call(t, "POST", "/v1/locks", `{"lock_name": "dev/scope", "creator": "me"}`, &l); code != 201 {
 				t.Fatalf("POST answered %d", code)
 			}
 			if code := s.call(t, "PUT", "/v1/locks/"+l.ID, `{"expires_at": "2020-01-01T00:00:00Z"}`, &got); code != 200 {
@@ -252,6 +263,10 @@ func TestServeRefusesBadInput(t *testing.T) {
 		{"DELETE", "/v1/locks/00000000-0000-0000-0000-00000000000g", "", 400},
 		{"PUT", "/v1/locks/00000000-0000-0000-0000-000000000000/keep_alive", `{"seconds": -5}`, 400},
 		{"GET", "/v1/nothing", "", 404},
+		// The id's calls take no POST: one must not take a lock named by its body.
+		{"POST", "/v1/locks/00000000-0000-0000-0000-000000000000/keep_alive", `{"lock_name": "x"}`, 404},
+		{"POST", "/v1/locks/00000000-0000-0000-0000-000000000000", `{"lock_name": "x"}`, 404},
+		{"GET", "/v1/locks/00000000-0000-0000-0000-000000000000/other", "", 404},
 	} {
 		var e relukkoError
 		if code := s.call(t, c.method, c.path, c.body, &e); code != c.code || e.Status != c.code || e.Message == "" {
@@ -301,7 +316,7 @@ func TestServeKeys(t *testing.T) {
 }
 
 // broadcastClient listens on /ws/broadcast as Relukko's clients do.
-func broadcastClient(t *testing.T, s *served) <-chan map[string]any {
+func broadcastClient(t testing.TB, s *served) <-chan map[string]any {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	hdr := http.Header{"X-API-KEY": {s.key}}
@@ -392,51 +407,131 @@ func TestServeReplicas(t *testing.T) {
 }
 
 // TestServeWakeup: a client waits as Relukko's clients do (POST, 409, wait for a deletion on the
-// broadcast, POST again) while another holds the lock; the release wakes it at once. It reports
-// the time from the release to the waiter's successful POST.
+// broadcast, POST again) while another holds the lock; the release wakes it at once, whether it
+// goes through the waiter's replica or another. BenchmarkServeWakeup measures the same.
 func TestServeWakeup(t *testing.T) {
 	bin := build(t, "github.com/shylock-go/shylock/cmd/shylock")
-	cases := serveBackends(t)
-	cases["two replicas of "+mongoServer] = []string{"--collection", collection(t).Name()}
-	for what, args := range cases {
+	for what, args := range wakeupCases(t) {
 		t.Run(what, func(t *testing.T) {
-			s := startServe(t, bin, serveEnv(), args...)
-			releaser := s // the holder releases through the waiter's replica, or through another
-			if strings.HasPrefix(what, "two replicas") {
-				releaser = startServe(t, bin, serveEnv(), args...)
-			}
-			msgs := broadcastClient(t, s)
-			lat := make([]time.Duration, 0, 20)
-			for range 20 {
-				var held relukkoLock
-				if code := s.call(t, "POST", "/v1/locks/", `{"lock_name": "gpu/0", "creator": "holder"}`, &held); code != 201 {
-					t.Fatalf("holder's POST: %d", code)
-				}
-				if code := s.call(t, "POST", "/v1/locks/", `{"lock_name": "gpu/0", "creator": "waiter"}`, nil); code != 409 {
-					t.Fatalf("waiter's first POST: %d; want 409", code)
-				}
-				for len(msgs) > 0 {
-					<-msgs
-				}
-				start := time.Now()
-				if code := releaser.call(t, "DELETE", "/v1/locks/"+held.ID, "", nil); code != 200 {
-					t.Fatalf("DELETE: %d", code)
-				}
-				if !deletedWithin(msgs, "gpu/0", 5*time.Second) {
-					t.Fatal("the release was not broadcast")
-				}
-				var got relukkoLock
-				if code := s.call(t, "POST", "/v1/locks/", `{"lock_name": "gpu/0", "creator": "waiter"}`, &got); code != 201 {
-					t.Fatalf("waiter's POST after the broadcast: %d", code)
-				}
-				lat = append(lat, time.Since(start))
-				if code := s.call(t, "DELETE", "/v1/locks/"+got.ID, "", nil); code != 200 {
-					t.Fatalf("waiter's DELETE: %d", code)
-				}
-			}
-			slices.Sort(lat)
-			t.Logf("%s: release -> waiter's successful POST: p50 %v, max %v", what, lat[len(lat)/2], lat[len(lat)-1])
+			waiter, releaser := startWakeup(t, bin, what, args)
+			wakeups(t, waiter, releaser, broadcastClient(t, waiter), 5)
 		})
+	}
+}
+
+// BenchmarkServeWakeup reports the p50 and p99 of the time from a release to the successful
+// POST of a client that waited on the broadcast, on each backend and across two replicas.
+func BenchmarkServeWakeup(b *testing.B) {
+	bin := build(b, "github.com/shylock-go/shylock/cmd/shylock")
+	for _, what := range []string{"memory", mongoServer, "two replicas of " + mongoServer} {
+		b.Run(what, func(b *testing.B) {
+			waiter, releaser := startWakeup(b, bin, what, wakeupCases(b)[what])
+			reportLatencies(b, wakeups(b, waiter, releaser, broadcastClient(b, waiter), b.N))
+		})
+	}
+}
+
+func wakeupCases(tb testing.TB) map[string][]string {
+	cases := map[string][]string{"memory": {"--memory"}, mongoServer: {"--collection", collection(tb).Name()}}
+	cases["two replicas of "+mongoServer] = cases[mongoServer]
+	return cases
+}
+
+// startWakeup starts the waiter's replica and the one the holder releases through: the same,
+// or a second replica on the same collection.
+func startWakeup(tb testing.TB, bin, what string, args []string) (waiter, releaser *served) {
+	waiter = startServe(tb, bin, serveEnv(), args...)
+	if strings.HasPrefix(what, "two replicas") {
+		return waiter, startServe(tb, bin, serveEnv(), args...)
+	}
+	return waiter, waiter
+}
+
+// wakeups has a holder take and release one lock n times while a client waits for it as
+// Relukko's clients do, and returns the times from each release to the waiter's successful POST.
+func wakeups(tb testing.TB, s, releaser *served, msgs <-chan map[string]any, n int) []time.Duration {
+	tb.Helper()
+	lat := make([]time.Duration, 0, n)
+	for range n {
+		var held relukkoLock
+		if code := s.call(tb, "POST", "/v1/locks/", `{"lock_name": "gpu/0", "creator": "holder"}`, &held); code != 201 {
+			tb.Fatalf("holder's POST: %d", code)
+		}
+		if code := s.call(tb, "POST", "/v1/locks/", `{"lock_name": "gpu/0", "creator": "waiter"}`, nil); code != 409 {
+			tb.Fatalf("waiter's first POST: %d; want 409", code)
+		}
+		for len(msgs) > 0 {
+			<-msgs
+		}
+		start := time.Now()
+		if code := releaser.call(tb, "DELETE", "/v1/locks/"+held.ID, "", nil); code != 200 {
+			tb.Fatalf("DELETE: %d", code)
+		}
+		if !deletedWithin(msgs, "gpu/0", 5*time.Second) {
+			tb.Fatal("the release was not broadcast")
+		}
+		var got relukkoLock
+		if code := s.call(tb, "POST", "/v1/locks/", `{"lock_name": "gpu/0", "creator": "waiter"}`, &got); code != 201 {
+			tb.Fatalf("waiter's POST after the broadcast: %d", code)
+		}
+		lat = append(lat, time.Since(start))
+		if code := s.call(tb, "DELETE", "/v1/locks/"+got.ID, "", nil); code != 200 {
+			tb.Fatalf("waiter's DELETE: %d", code)
+		}
+	}
+	return lat
+}
+
+// TestServeHealth: /healthchecker answers without a key, 200 while the lock store can be read and
+// 503 while it cannot (here: the network to it is cut), and 200 again once it is back.
+func TestServeHealth(t *testing.T) {
+	bin := build(t, "github.com/shylock-go/shylock/cmd/shylock")
+	n := startFaultyNetwork(t, mongoURIHost(t))
+	env := append(serveEnv(), "SHYLOCK_MONGO_URI="+n.uri())
+	s := startServe(t, bin, env, "--collection", collection(t).Name(), "--poll", "100ms")
+	health := func() int { return s.callKey(t, "", "GET", "/healthchecker", "", nil) }
+	if code := health(); code != 200 {
+		t.Fatalf("healthy: %d", code)
+	}
+	n.proxy.Stop()
+	waitFor(t, func() bool { return health() == 503 })
+	if err := n.proxy.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return health() == 200 })
+}
+
+// TestServeConnectionLimit: with --max-conns 2 and two WebSockets open, a third connection waits
+// until one of them closes.
+func TestServeConnectionLimit(t *testing.T) {
+	bin := build(t, "github.com/shylock-go/shylock/cmd/shylock")
+	s := startServe(t, bin, serveEnv(), "--memory", "--max-conns", "2")
+	ctx := context.Background()
+	var socks []*websocket.Conn
+	for range 2 {
+		c, _, err := websocket.Dial(ctx, strings.Replace(s.url, "http", "ws", 1)+"/ws/broadcast",
+			&websocket.DialOptions{HTTPHeader: http.Header{"X-api-Key": {s.key}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.CloseNow()
+		socks = append(socks, c)
+	}
+	get := func(timeout time.Duration) error {
+		req, _ := http.NewRequest("GET", s.url+"/v1/locks/", nil)
+		req.Header.Set("X-api-Key", s.key)
+		resp, err := (&http.Client{Timeout: timeout, Transport: &http.Transport{DisableKeepAlives: true}}).Do(req)
+		if err == nil {
+			resp.Body.Close()
+		}
+		return err
+	}
+	if err := get(500 * time.Millisecond); err == nil {
+		t.Fatal("a third connection was served while two were open under --max-conns 2")
+	}
+	_ = socks[0].Close(websocket.StatusNormalClosure, "")
+	if err := get(10 * time.Second); err != nil {
+		t.Fatalf("after a WebSocket closed, a request still failed: %v", err)
 	}
 }
 

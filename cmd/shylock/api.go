@@ -53,8 +53,10 @@ func (s *server) routes() http.Handler {
 			}
 		})))
 	}
-	api("POST /v1/locks/", s.create)
-	api("GET /v1/locks/", s.list)
+	api("POST /v1/locks/{$}", s.create)
+	api("POST /v1/locks", s.create)
+	api("GET /v1/locks/{$}", s.list)
+	api("GET /v1/locks", s.list)
 	api("GET /v1/locks/{id}", s.get)
 	api("PUT /v1/locks/{id}", s.update)
 	api("DELETE /v1/locks/{id}", s.remove)
@@ -66,6 +68,7 @@ func (s *server) routes() http.Handler {
 	mux.HandleFunc("GET /ws/locks", s.hub.servePage(s.keys))
 	mux.HandleFunc("GET /{$}", servePage)
 	mux.Handle("GET /metrics", s.metrics.handler())
+	mux.HandleFunc("GET /healthchecker", s.health)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, apiError(http.StatusNotFound, "no such endpoint: %s %s", r.Method, r.URL.Path))
 	})
@@ -293,22 +296,46 @@ func (s *server) acquire(ctx context.Context, req shylock.AcquireRequest, wait t
 	}
 }
 
+// health answers Relukko's /healthchecker, without a key, as load balancers and test harnesses
+// ask it: 200 while the last read of the lock store succeeded, 503 otherwise.
+func (s *server) health(w http.ResponseWriter, _ *http.Request) {
+	if err := s.hub.lastErr(); err != nil {
+		writeJSON(w, http.StatusServiceUnavailable, errorBody{Status: http.StatusServiceUnavailable,
+			Message: "the lock store cannot be read: " + text(err)})
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+}
+
+// readLock is a held lock and when it was read, which tells how much of its lease is left now
+// by the backend's clock.
+type readLock struct {
+	shylock.Info
+	read time.Time
+}
+
+func (l readLock) left() time.Duration { return l.Remaining - time.Since(l.read) }
+
+// serverNow is the backend's clock now, as the lock's expiry and remaining lease tell it.
+func (l readLock) serverNow() time.Time { return l.ExpiresAt.Add(-l.left()) }
+
 // find returns the held lock the id stands for, or a 422.
-func (s *server) find(ctx context.Context, id string) (shylock.Info, error) {
+func (s *server) find(ctx context.Context, id string) (readLock, error) {
 	owner, err := ownerOf(id)
 	if err != nil {
-		return shylock.Info{}, err
+		return readLock{}, err
 	}
 	infos, err := s.b.List(ctx, "")
 	if err != nil {
-		return shylock.Info{}, err
+		return readLock{}, err
 	}
+	read := time.Now()
 	for _, in := range infos {
 		if in.Held && in.Owner == owner {
-			return in, nil
+			return readLock{in, read}, nil
 		}
 	}
-	return shylock.Info{}, apiError(http.StatusUnprocessableEntity, "lock %s does not exist (released, expired or taken over)", id)
+	return readLock{}, apiError(http.StatusUnprocessableEntity, "lock %s does not exist (released, expired or taken over)", id)
 }
 
 func (s *server) list(w http.ResponseWriter, r *http.Request) error {
@@ -331,13 +358,13 @@ func (s *server) get(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, dto(in))
+	writeJSON(w, http.StatusOK, dto(in.Info))
 	return nil
 }
 
 // holding returns the lock of the request's id, checked against ?token= when the client gives
 // one (so that a late call cannot touch a later holding of the same lock).
-func (s *server) holding(r *http.Request) (shylock.Info, error) {
+func (s *server) holding(r *http.Request) (readLock, error) {
 	in, err := s.find(r.Context(), r.PathValue("id"))
 	if err != nil {
 		return in, err
@@ -360,10 +387,10 @@ func (s *server) remove(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	if err := s.release(r.Context(), in); err != nil {
+	if err := s.release(r.Context(), in.Info); err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, dto(in))
+	writeJSON(w, http.StatusOK, dto(in.Info))
 	return nil
 }
 
@@ -376,11 +403,11 @@ func (s *server) release(ctx context.Context, in shylock.Info) error {
 	return nil
 }
 
-// extend sets the lock's expiry ttl from now, by the server's clock, within --max-lease.
+// extend sets the lock's expiry ttl from now, by the backend's clock, within --max-lease.
 func (s *server) extend(ctx context.Context, in shylock.Info, ttl time.Duration) (shylock.Info, error) {
 	if ttl > s.maxLease {
-		return in, apiError(http.StatusBadRequest, "a lease of %v is longer than this server allows (%v, --max-lease)",
-			ttl.Round(time.Second), s.maxLease)
+		return in, apiError(http.StatusBadRequest, "a lease of %v is longer than this server allows (%v, --max-lease); "+
+			"keep the lock alive instead", ttl.Round(time.Second), s.maxLease)
 	}
 	lease, err := s.b.Extend(ctx, in.Name, in.Owner, in.Token, max(ttl, shylock.MinTTL))
 	if err != nil {
@@ -418,10 +445,11 @@ func (s *server) keepAlive(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	if in, err = s.extend(r.Context(), in, d); err != nil {
+	out, err := s.extend(r.Context(), in.Info, d)
+	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, dto(in))
+	writeJSON(w, http.StatusOK, dto(out))
 	return nil
 }
 
@@ -435,10 +463,11 @@ func (s *server) addToExpireAt(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	if in, err = s.extend(r.Context(), in, in.Remaining+d); err != nil {
+	out, err := s.extend(r.Context(), in.Info, in.left()+d)
+	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, dto(in))
+	writeJSON(w, http.StatusOK, dto(out))
 	return nil
 }
 
@@ -464,25 +493,26 @@ func (s *server) update(w http.ResponseWriter, r *http.Request) error {
 		return apiError(http.StatusBadRequest, "expires_at %s is further ahead than this server allows (%v, --max-lease)",
 			until.UTC().Format(relukkoTimes), s.maxLease)
 	}
-	in, err := s.holding(r)
+	l, err := s.holding(r)
 	if err != nil {
 		return err
 	}
+	in := l.Info
 	if body.Creator != nil {
 		_, ip := splitLabel(in.Label)
 		label := joinLabel(*body.Creator, ip)
-		// Taking the lock again as its own holder changes its label and keeps it held.
-		lease, err := s.b.Acquire(r.Context(), shylock.AcquireRequest{Name: in.Name, Owner: in.Owner, Label: label,
-			TTL: max(in.Remaining, shylock.MinTTL)})
+		ttl := max(l.left(), shylock.MinTTL)
+		// The holder taking its lock again changes the label and keeps the holding (token,
+		// creation time).
+		lease, err := s.b.Acquire(r.Context(), shylock.AcquireRequest{Name: in.Name, Owner: in.Owner, Label: label, TTL: ttl})
 		if err != nil {
 			return err
 		}
-		in.Label, in.Token, in.ExpiresAt = label, lease.Token, lease.ExpiresAt
-		in.RenewedAt = lease.ExpiresAt.Add(-max(in.Remaining, shylock.MinTTL))
+		in.Label, in.Token, in.ExpiresAt, in.RenewedAt = label, lease.Token, lease.ExpiresAt, lease.ExpiresAt.Add(-ttl)
 		s.hub.changed()
 	}
 	if !until.IsZero() {
-		ttl := time.Until(until)
+		ttl := until.Sub(l.serverNow()) // by the backend's clock, as every expiry
 		if ttl <= 0 {
 			if err := s.release(r.Context(), in); err != nil {
 				return err

@@ -30,6 +30,7 @@ type broadcaster struct {
 	held      map[string]shylock.Info // by owner: the locks held at the last poll
 	pageLocks []byte                  // the locks of the last snapshot sent to pages
 	page      []byte                  // that snapshot
+	err       error                   // of the last poll
 }
 
 // client is one WebSocket connection. Its writer sends what arrives on out; a client too slow to
@@ -119,6 +120,9 @@ func (h *broadcaster) poll(ctx context.Context) time.Duration {
 	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	infos, err := h.b.List(pctx, "")
 	cancel()
+	h.mu.Lock()
+	h.err = err
+	h.mu.Unlock()
 	if err != nil {
 		if ctx.Err() == nil {
 			h.log.Warn("shylock serve: reading the locks failed; retrying", "err", err)
@@ -163,6 +167,13 @@ func (h *broadcaster) poll(ctx context.Context) time.Duration {
 		h.send(snapshot, true)
 	}
 	return next
+}
+
+// lastErr is the error of the last read of the locks, nil if it succeeded.
+func (h *broadcaster) lastErr() error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.err
 }
 
 // serveBroadcast is Relukko's /ws/broadcast.

@@ -34,19 +34,20 @@ func (k *keyList) Set(v string) error { *k = append(*k, v); return nil }
 func runServe(ctx context.Context, e *env, args []string) int {
 	fs, cfg := newFlags("serve", serveArgs,
 		"Serve the locks over HTTP: Relukko's v1 API (so its clients work unchanged), a WebSocket broadcast\n"+
-			"of releases, a live web page at /, and Prometheus metrics at /metrics. Several replicas may serve\n"+
-			"one database; it is their only state. API keys come from --api-key, --api-key-file (one per line)\n"+
-			"and $"+EnvAPIKeys+" (comma-separated); every API call must carry one in the X-api-Key header")
+			"of releases, a live web page at /, Prometheus metrics at /metrics and a health check at\n"+
+			"/healthchecker (neither needs a key). Several replicas may serve one database; it is their only\n"+
+			"state. API keys come from --api-key, --api-key-file (one per line) and $"+EnvAPIKeys+"\n"+
+			"(comma-separated); every API call must carry one in the X-api-Key header")
 	addr := fs.String("addr", "127.0.0.1:8090", "address to listen on")
 	var keys keyList
 	fs.Var(&keys, "api-key", "an API key clients may use (repeatable)")
 	keyFile := fs.String("api-key-file", "", "a file of API keys, one per line")
 	certFile := fs.String("tls-cert", "", "serve HTTPS with this certificate (PEM) ...")
 	keyPEM := fs.String("tls-key", "", "... and this private key (PEM)")
-	maxLease := fs.Duration("max-lease", 24*time.Hour, "the longest lease a client may ask for (keep_alive, expires_at)")
+	maxLease := fs.Duration("max-lease", 24*time.Hour, "the longest lease a client may ask for (keep_alive, expires_at; at most 7 days)")
 	useMemory := fs.Bool("memory", false, "serve from process memory: one replica, nothing kept (demos and tests)")
 	poll := fs.Duration("poll", 250*time.Millisecond, "how often to read the locks for the broadcast and the page (releases and expiries elsewhere)")
-	maxConns := fs.Int("max-conns", 1024, "the most connections served at once")
+	maxConns := fs.Int("max-conns", 1024, "the most connections served at once, WebSockets included; more wait")
 	rest, after, ok, code := parse(e, fs, args)
 	switch {
 	case !ok:
