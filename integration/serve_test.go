@@ -406,6 +406,32 @@ func TestServeReplicas(t *testing.T) {
 	}
 }
 
+// TestServeWakeupUnseenHolder: a holder takes a lock through one replica and gives it up
+// through it between two reads of the other replica, where a client got 409 meanwhile. The
+// client's replica never saw the lock held, yet the release must reach its broadcast.
+func TestServeWakeupUnseenHolder(t *testing.T) {
+	bin := build(t, "github.com/shylock-go/shylock/cmd/shylock")
+	args := []string{"--collection", collection(t).Name(), "--poll", "2s"}
+	a, b := startServe(t, bin, serveEnv(), args...), startServe(t, bin, serveEnv(), args...)
+	msgs := broadcastClient(t, a)
+	for i := range 3 {
+		name := fmt.Sprintf("rig/%d", i)
+		var held relukkoLock
+		if code := b.call(t, "POST", "/v1/locks/", `{"lock_name": "`+name+`", "creator": "holder"}`, &held); code != 201 {
+			t.Fatalf("holder's POST on b: %d", code)
+		}
+		if code := a.call(t, "POST", "/v1/locks/", `{"lock_name": "`+name+`", "creator": "waiter"}`, nil); code != 409 {
+			t.Fatalf("waiter's POST on a: %d; want 409", code)
+		}
+		if code := b.call(t, "DELETE", "/v1/locks/"+held.ID, "", nil); code != 200 {
+			t.Fatalf("holder's DELETE on b: %d", code)
+		}
+		if !deletedWithin(msgs, name, 5*time.Second) {
+			t.Fatalf("round %d: the release of a holder replica a never saw did not reach its broadcast", i)
+		}
+	}
+}
+
 // TestServeWakeup: a client waits as Relukko's clients do (POST, 409, wait for a deletion on the
 // broadcast, POST again) while another holds the lock; the release wakes it at once, whether it
 // goes through the waiter's replica or another. BenchmarkServeWakeup measures the same.

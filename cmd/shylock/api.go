@@ -266,7 +266,7 @@ func (s *server) acquire(ctx context.Context, req shylock.AcquireRequest, wait t
 	}
 	deadline := time.NewTimer(wait)
 	defer deadline.Stop()
-	for {
+	for again := 0; ; {
 		lease, err := s.b.Acquire(ctx, req)
 		switch {
 		case err == nil:
@@ -278,6 +278,9 @@ func (s *server) acquire(ctx context.Context, req shylock.AcquireRequest, wait t
 				cancel()
 			}
 			return shylock.Lease{}, err
+		case !s.refused(ctx, req.Name) && again < 3:
+			again++ // the holder has gone already
+			continue
 		case wait == 0:
 			return shylock.Lease{}, err
 		}
@@ -294,6 +297,19 @@ func (s *server) acquire(ctx context.Context, req shylock.AcquireRequest, wait t
 		}
 		poll.Stop()
 	}
+}
+
+// refused reports whether name is still held after an acquire was refused, and has the
+// broadcast watch its holder, so that a client answered 409 hears of the release wherever it
+// happens (a lease that has ended but cannot be taken yet, within the backend's clock offset, is
+// broadcast at the next poll). It reports true when it cannot tell.
+func (s *server) refused(ctx context.Context, name string) bool {
+	in, err := s.b.Inspect(ctx, name)
+	if err != nil {
+		return true
+	}
+	s.hub.watch(in)
+	return in.Held
 }
 
 // health answers Relukko's /healthchecker, without a key, as load balancers and test harnesses

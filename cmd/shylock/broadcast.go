@@ -28,9 +28,18 @@ type broadcaster struct {
 	mu        sync.Mutex
 	clients   map[*client]struct{}
 	held      map[string]shylock.Info // by owner: the locks held at the last poll
+	watched   map[string]watched      // by name and owner: holders a 409 here named, not yet judged by a poll
+	polls     uint64                  // polls started
 	pageLocks []byte                  // the locks of the last snapshot sent to pages
 	page      []byte                  // that snapshot
 	err       error                   // of the last poll
+}
+
+// watched is a holder a client was refused for, and the number of polls started before it was
+// seen held: only a poll started after that can tell whether it has gone since.
+type watched struct {
+	in    shylock.Info
+	polls uint64
 }
 
 // client is one WebSocket connection. Its writer sends what arrives on out; a client too slow to
@@ -52,7 +61,7 @@ func (c *client) close(code websocket.StatusCode, why string) {
 
 func newBroadcaster(b shylock.Backend, every time.Duration, m *metrics, log *slog.Logger) *broadcaster {
 	return &broadcaster{b: b, every: every, metrics: m, log: log, kick: make(chan struct{}, 1),
-		clients: map[*client]struct{}{}, held: map[string]shylock.Info{}}
+		clients: map[*client]struct{}{}, held: map[string]shylock.Info{}, watched: map[string]watched{}}
 }
 
 // changed asks for a poll now: a lock changed through this replica.
@@ -60,6 +69,16 @@ func (h *broadcaster) changed() {
 	select {
 	case h.kick <- struct{}{}:
 	default:
+	}
+}
+
+// watch makes sure the end of a holding a client was refused for is broadcast, though this
+// replica's polls may never see it held: taken and given up elsewhere between two of them.
+func (h *broadcaster) watch(in shylock.Info) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if _, ok := h.held[in.Owner]; !ok {
+		h.watched[in.Name+"\x00"+in.Owner] = watched{in: in, polls: h.polls}
 	}
 }
 
@@ -117,6 +136,10 @@ func (h *broadcaster) run(ctx context.Context) {
 // poll reads the locks, reports the ones that went, and returns when to poll next: at the
 // interval, or sooner when a lease ends before it.
 func (h *broadcaster) poll(ctx context.Context) time.Duration {
+	h.mu.Lock()
+	h.polls++
+	poll := h.polls
+	h.mu.Unlock()
 	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	infos, err := h.b.List(pctx, "")
 	cancel()
@@ -144,6 +167,17 @@ func (h *broadcaster) poll(ctx context.Context) time.Duration {
 	for owner, in := range h.held {
 		if _, ok := now[owner]; !ok {
 			gone = append(gone, in)
+		}
+	}
+	for key, w := range h.watched {
+		if w.polls >= poll {
+			continue // seen after this poll's read began: the next poll judges it
+		}
+		delete(h.watched, key)
+		_, still := now[w.in.Owner]
+		_, seen := h.held[w.in.Owner] // then the loop above has judged it
+		if !still && !seen {
+			gone = append(gone, w.in)
 		}
 	}
 	h.held = now
