@@ -49,6 +49,14 @@ func run(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, "connecting to", mongoServer+":", err)
 		return 1
 	}
+	// An unreachable server fails the run at once rather than every test after its own timeout.
+	pctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	err = client.Ping(pctx, nil)
+	cancel()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "cannot reach the %s (%s) within 10s: is it running? %v\n", mongoServer, mongoURI, err)
+		return 1
+	}
 	defer func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
