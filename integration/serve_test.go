@@ -432,6 +432,35 @@ func TestServeWakeupUnseenHolder(t *testing.T) {
 	}
 }
 
+// TestServeFollowsReleasesElsewhere: where the backend pushes releases, a replica follows the
+// names it refused: a release through another replica reaches its broadcast though it reads the
+// locks only once an hour.
+func TestServeFollowsReleasesElsewhere(t *testing.T) {
+	coll := collection(t)
+	if !newMongo(t, coll).ReleaseEvents() {
+		t.Skipf("%s pushes no releases to follow (no release events; change streams would be followed the same way, but no server here has them)", mongoServer)
+	}
+	bin := build(t, "github.com/shylock-go/shylock/cmd/shylock")
+	args := []string{"--collection", coll.Name(), "--poll", "1h"}
+	a, b := startServe(t, bin, serveEnv(), args...), startServe(t, bin, serveEnv(), args...)
+	msgs := broadcastClient(t, a)
+	var held relukkoLock
+	if code := b.call(t, "POST", "/v1/locks/", `{"lock_name": "rig/9", "creator": "holder"}`, &held); code != 201 {
+		t.Fatalf("holder's POST on b: %d", code)
+	}
+	if code := a.call(t, "POST", "/v1/locks/", `{"lock_name": "rig/9", "creator": "waiter"}`, nil); code != 409 {
+		t.Fatalf("waiter's POST on a: %d; want 409", code)
+	}
+	start := time.Now()
+	if code := b.call(t, "DELETE", "/v1/locks/"+held.ID, "", nil); code != 200 {
+		t.Fatalf("holder's DELETE on b: %d", code)
+	}
+	if !deletedWithin(msgs, "rig/9", 5*time.Second) {
+		t.Fatal("a release through replica b did not reach replica a, which follows the name it refused")
+	}
+	t.Logf("the release reached the other replica's broadcast after %v", time.Since(start).Round(time.Millisecond))
+}
+
 // TestServeWakeup: a client waits as Relukko's clients do (POST, 409, wait for a deletion on the
 // broadcast, POST again) while another holds the lock; the release wakes it at once, whether it
 // goes through the waiter's replica or another. BenchmarkServeWakeup measures the same.
@@ -591,7 +620,7 @@ func TestServeBlockingAcquire(t *testing.T) {
 }
 
 // TestServeMetricsAndShutdown: /metrics counts what happened; SIGTERM ends the server at once,
-// closing its WebSockets with "going away".
+// closing its WebSockets with "going away" and leaving the names it follows.
 func TestServeMetricsAndShutdown(t *testing.T) {
 	bin := build(t, "github.com/shylock-go/shylock/cmd/shylock")
 	s := startServe(t, bin, serveEnv(), "--memory")
@@ -599,13 +628,16 @@ func TestServeMetricsAndShutdown(t *testing.T) {
 	s.call(t, "POST", "/v1/locks/", `{"lock_name": "m", "creator": "c"}`, &l)
 	s.call(t, "POST", "/v1/locks/", `{"lock_name": "m", "creator": "c"}`, nil)
 	s.call(t, "DELETE", "/v1/locks/"+l.ID, "", nil)
+	// A held lock someone was refused for is followed until shutdown.
+	s.call(t, "POST", "/v1/locks/", `{"lock_name": "m2", "creator": "c"}`, nil)
+	s.call(t, "POST", "/v1/locks/", `{"lock_name": "m2", "creator": "d"}`, nil)
 	resp, err := http.Get(s.url + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	for _, want := range []string{"shylock_acquires_total 1", "shylock_conflicts_total 1", "shylock_releases_total 1",
+	for _, want := range []string{"shylock_acquires_total 2", "shylock_conflicts_total 2", "shylock_releases_total 1",
 		"shylock_locks_held", "shylock_request_duration_seconds_bucket"} {
 		if !bytes.Contains(body, []byte(want)) {
 			t.Errorf("/metrics lacks %q", want)

@@ -17,7 +17,9 @@ import (
 // each poll (and at once after a change through this replica, and at the next expiry): a lock
 // that was held and is not any more was released (here, by another replica or by a library
 // user) or expired, and Relukko's clients on /ws/broadcast get {"deleted": lock} for it, so that
-// their waiting acquires try again. Pages on /ws/locks get every change of the list.
+// their waiting acquires try again. Pages on /ws/locks get every change of the list. Where the
+// backend pushes releases (change streams, release events), a name a client was refused for is
+// also followed that way, and a release of it elsewhere starts a poll at once.
 type broadcaster struct {
 	b       shylock.Backend
 	every   time.Duration
@@ -27,13 +29,20 @@ type broadcaster struct {
 
 	mu        sync.Mutex
 	clients   map[*client]struct{}
-	held      map[string]shylock.Info // by owner: the locks held at the last poll
-	watched   map[string]watched      // by name and owner: holders a 409 here named, not yet judged by a poll
-	polls     uint64                  // polls started
-	pageLocks []byte                  // the locks of the last snapshot sent to pages
-	page      []byte                  // that snapshot
-	err       error                   // of the last poll
+	held      map[string]shylock.Info  // by owner: the locks held at the last poll
+	watched   map[string]watched       // by name and owner: holders a 409 here named, not yet judged by a poll
+	polls     uint64                   // polls started
+	pageLocks []byte                   // the locks of the last snapshot sent to pages
+	page      []byte                   // that snapshot
+	err       error                    // of the last poll
+	follow    map[string]chan struct{} // by name: the names followed through the backend; closing one stops it
+	stopped   bool                     // run has ended: nothing more is followed
+	followers sync.WaitGroup
 }
+
+// maxFollowed bounds the names followed through the backend's notifications; beyond it, the
+// polls alone find releases elsewhere.
+const maxFollowed = 1024
 
 // watched is a holder a client was refused for, and the number of polls started before it was
 // seen held: only a poll started after that can tell whether it has gone since.
@@ -61,7 +70,8 @@ func (c *client) close(code websocket.StatusCode, why string) {
 
 func newBroadcaster(b shylock.Backend, every time.Duration, m *metrics, log *slog.Logger) *broadcaster {
 	return &broadcaster{b: b, every: every, metrics: m, log: log, kick: make(chan struct{}, 1),
-		clients: map[*client]struct{}{}, held: map[string]shylock.Info{}, watched: map[string]watched{}}
+		clients: map[*client]struct{}{}, held: map[string]shylock.Info{}, watched: map[string]watched{},
+		follow: map[string]chan struct{}{}}
 }
 
 // changed asks for a poll now: a lock changed through this replica.
@@ -79,6 +89,45 @@ func (h *broadcaster) watch(in shylock.Info) {
 	defer h.mu.Unlock()
 	if _, ok := h.held[in.Owner]; !ok {
 		h.watched[in.Name+"\x00"+in.Owner] = watched{in: in, polls: h.polls}
+	}
+	n, ok := h.b.(shylock.Notifier)
+	if !ok || h.stopped || h.follow[in.Name] != nil || len(h.follow) >= maxFollowed {
+		return
+	}
+	// The polls find what the notifier's own polling would, so it polls rarely; only what the
+	// backend pushes matters here.
+	sub := n.Subscribe(in.Name, time.Minute, time.Minute)
+	stop := make(chan struct{})
+	h.follow[in.Name] = stop
+	h.followers.Add(1)
+	go func() {
+		defer h.followers.Done()
+		defer sub.Close()
+		for {
+			select {
+			case <-sub.C():
+				h.changed()
+			case <-stop:
+				return
+			}
+		}
+	}()
+}
+
+// unfollow stops following the names that are neither held nor watched. h.mu is held.
+func (h *broadcaster) unfollow(held map[string]shylock.Info) {
+	keep := map[string]bool{}
+	for _, in := range held {
+		keep[in.Name] = true
+	}
+	for _, w := range h.watched {
+		keep[w.in.Name] = true
+	}
+	for name, stop := range h.follow {
+		if !keep[name] || h.stopped {
+			close(stop)
+			delete(h.follow, name)
+		}
 	}
 }
 
@@ -120,6 +169,11 @@ func (h *broadcaster) run(ctx context.Context) {
 		case <-t.C:
 		case <-h.kick:
 		case <-ctx.Done():
+			h.mu.Lock()
+			h.stopped = true
+			h.unfollow(nil)
+			h.mu.Unlock()
+			h.followers.Wait()
 			return
 		}
 		next := h.poll(ctx)
@@ -181,6 +235,7 @@ func (h *broadcaster) poll(ctx context.Context) time.Duration {
 		}
 	}
 	h.held = now
+	h.unfollow(now)
 	h.mu.Unlock()
 	for _, in := range gone {
 		h.metrics.gone.Inc()

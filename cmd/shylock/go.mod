@@ -6,6 +6,7 @@ require (
 	github.com/coder/websocket v1.8.15
 	github.com/prometheus/client_golang v1.25.0
 	github.com/shylock-go/shylock v0.0.0
+	go.uber.org/goleak v1.3.0
 	golang.org/x/net v0.59.0
 )
 
