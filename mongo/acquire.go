@@ -137,7 +137,7 @@ func (b *Backend) acquireEstimated(ctx context.Context, req shylock.AcquireReque
 		}
 		exp := lo.Add(req.TTL).Truncate(time.Millisecond) // BSON dates hold milliseconds
 		valid := exp.Sub(hi) - b.offset                   // ends before the earliest moment others may see it expired
-		now := exp.Add(-req.TTL) // the lease starts TTL before it ends, as on the server-clock path
+		now := exp.Add(-req.TTL)                          // the lease starts TTL before it ends, as on the server-clock path
 		switch {
 		case valid <= 0:
 			return shylock.Lease{}, fmt.Errorf("mongo: acquire %q: the server clock is uncertain by %v, more than the TTL %v less the clock offset %v; use a longer TTL",
