@@ -65,6 +65,37 @@ func eventsServer(t *testing.T, b *mongo.Backend) {
 	}
 }
 
+// TestMongoReleaseEventsAfterDeadConnection: the reply to the events cursor's getMore never
+// comes, on a connection that stays open, as when a peer vanishes without a reset. The cursor
+// is given up after its stall limit and opened again, and releases wake the waiters of another
+// process again (without that, not for as long as TCP takes to notice: an hour or more).
+func TestMongoReleaseEventsAfterDeadConnection(t *testing.T) {
+	checkLibraryLeaks(t)
+	p := startReplyDropper(t, mongoURIHost(t))
+	coll := collection(t)
+	holder := newClientBackend(t, coll, nil)
+	c, err := mdb.Connect(options.Client().ApplyURI("mongodb://" + p.ln.Addr().String() + "/"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Disconnect(context.Background()) })
+	waiting := newMongo(t, c.Database(coll.Database().Name()).Collection(coll.Name()))
+	eventsServer(t, waiting)
+	if !pushedWithin(t, holder, waiting, "before", 2*time.Second) {
+		t.Fatal("a release did not wake the waiter of another process before the fault")
+	}
+	p.silence.Store(1)
+	pushedWithin(t, holder, waiting, "lost", time.Second) // its event answers the getMore whose reply is dropped
+	if p.silenced.Load() != 1 {
+		t.Fatalf("%d getMore replies dropped; want 1", p.silenced.Load())
+	}
+	start := time.Now()
+	if !pushedWithin(t, holder, waiting, "after", 45*time.Second) { // the waiter's own polls are a minute apart
+		t.Fatal("after a getMore whose reply never came, releases did not wake the waiter of another process within 45s")
+	}
+	t.Logf("waiters were woken again %v after the lost reply", time.Since(start).Round(100*time.Millisecond))
+}
+
 // TestMongoReleaseEvents: a release in one process wakes a waiter in another at once where
 // the server has no change streams, and not without the events (the control).
 func TestMongoReleaseEvents(t *testing.T) {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -20,12 +21,15 @@ import (
 
 // replyDropper is a TCP proxy in front of the server that, when armed, lets a write command
 // through and then drops the server's reply and the connection: the write is applied but the
-// client cannot know it, an ambiguous write.
+// client cannot know it, an ambiguous write. Armed for a getMore, it drops the reply and keeps
+// the connection, as a connection does that died without a reset.
 type replyDropper struct {
 	ln           net.Listener
 	target       string
 	drop         atomic.Int32 // write replies still to drop
 	dropped      atomic.Int32
+	silence      atomic.Int32 // getMore replies still to drop
+	silenced     atomic.Int32
 	noHello      atomic.Bool  // answer hello outside the admin database as a server before 4.4.2 does
 	helloRefused atomic.Int32 // hellos so answered
 	wg           sync.WaitGroup
@@ -105,6 +109,10 @@ func (p *replyDropper) relay(client, server net.Conn) {
 			p.dropped.Add(1)
 			return // the server applied it; the client never hears
 		}
+		if isCommand(req, "getMore") && p.silence.Add(-1) >= 0 {
+			p.silenced.Add(1)
+			continue // the client waits for a reply that never comes
+		}
 		if _, err := client.Write(reply); err != nil {
 			return
 		}
@@ -142,15 +150,13 @@ func opMsgCommand(msg []byte) bson.Raw {
 
 // isWrite reports whether msg is an OP_MSG whose command writes.
 func isWrite(msg []byte) bool {
+	return isCommand(msg, "insert", "update", "delete", "findAndModify")
+}
+
+// isCommand reports whether msg is one of the commands names.
+func isCommand(msg []byte, names ...string) bool {
 	elems, err := opMsgCommand(msg).Elements()
-	if err != nil || len(elems) == 0 {
-		return false
-	}
-	switch elems[0].Key() {
-	case "insert", "update", "delete", "findAndModify":
-		return true
-	}
-	return false
+	return err == nil && len(elems) > 0 && slices.Contains(names, elems[0].Key())
 }
 
 // isUserHello reports whether msg is a hello sent to a database other than admin: the library's,

@@ -21,11 +21,10 @@ import (
 // waking the waiters of the names it sees. The events are hints: a lost one only slows a waiter
 // down to its own polls and the holder's expiry.
 const (
-	eventsSuffix    = ".events"
-	eventsSize      = 1 << 20 // bytes; the server also caps it at eventsMax documents
-	eventsMax       = 1000
-	eventsAwaitTime = 10 * time.Second // how long one getMore waits for an event: an idle cursor's cost
-	eventsBatch     = 100
+	eventsSuffix = ".events"
+	eventsSize   = 1 << 20 // bytes; the server also caps it at eventsMax documents
+	eventsMax    = 1000
+	eventsBatch  = 100
 )
 
 // ensureEvents makes sure the capped events collection exists, is capped, and holds a document
@@ -80,7 +79,7 @@ func (b *Backend) tailEvents(ctx context.Context) (*mongo.Cursor, error) {
 	// The first batch is one event: FerretDB closes a tailable cursor whose first batch comes
 	// back short of its size. Later batches take what has piled up.
 	cur, err := b.events.Find(ctx, bson.D{}, options.Find().SetCursorType(options.TailableAwait).
-		SetBatchSize(1).SetMaxAwaitTime(eventsAwaitTime))
+		SetBatchSize(1).SetMaxAwaitTime(awaitTime))
 	if err != nil {
 		return nil, err
 	}
@@ -125,16 +124,18 @@ func (b *Backend) tail(ctx context.Context) {
 	bo := backoff.New(100*time.Millisecond, 10*time.Second)
 	for {
 		opened := time.Now()
-		cur, err := b.tailEvents(ctx)
+		octx, cancel := context.WithTimeout(ctx, stallAfter)
+		cur, err := b.tailEvents(octx)
+		cancel()
 		if err == nil {
 			b.hub.SetPushed(true)
 			b.hub.NotifyAll()
-			for cur.Next(ctx) {
+			for next(ctx, cur) {
 				if name, _ := cur.Current.Lookup("name").StringValueOK(); name != "" {
 					b.hub.Notify(name)
 				}
 			}
-			err = cur.Err()
+			err = cursorErr(ctx, cur.Err())
 			_ = cur.Close(context.WithoutCancel(ctx))
 			b.hub.SetPushed(false)
 		}

@@ -2,6 +2,8 @@ package mongo
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"time"
 
 	"go.mongodb.org/mongo-driver/v2/bson"
@@ -31,6 +33,47 @@ func (b *Backend) Subscribe(name string, minPoll, maxPoll time.Duration) shylock
 		}()
 	})
 	return b.hub.Subscribe(name, minPoll, maxPoll)
+}
+
+// awaitTime is how long one getMore of the change stream or of the events cursor waits for
+// news: what an idle cursor costs. A getMore still unanswered stallAfter after it was sent went
+// to a connection that died without a reset (a peer gone, a NAT entry dropped), which TCP may
+// not report for an hour: the cursor is given up and opened again, and meanwhile waiters poll.
+const (
+	awaitTime  = 10 * time.Second
+	stallAfter = awaitTime + 10*time.Second
+)
+
+// cursor is what next needs of a change stream or a tailable cursor.
+type cursor interface {
+	TryNext(context.Context) bool
+	Err() error
+	ID() int64
+}
+
+// next waits for c's next document one getMore at a time, each bounded by stallAfter. It
+// reports false when c ends: an error (a stalled getMore among them), the server closing it, or
+// ctx ending.
+func next(ctx context.Context, c cursor) bool {
+	for {
+		gctx, cancel := context.WithTimeout(ctx, stallAfter)
+		ok := c.TryNext(gctx)
+		cancel()
+		if ok {
+			return true
+		}
+		if c.Err() != nil || c.ID() == 0 || ctx.Err() != nil {
+			return false
+		}
+	}
+}
+
+// cursorErr says why a cursor ended, naming a stalled getMore as such.
+func cursorErr(ctx context.Context, err error) error {
+	if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+		return fmt.Errorf("no answer to a getMore within %v, the connection may be dead: %w", stallAfter, err)
+	}
+	return err
 }
 
 // releases matches the events after which a lock may be free: an update that cleared the owner
@@ -87,7 +130,7 @@ func (b *Backend) watch(ctx context.Context) bool {
 		}
 	}
 	for opened := false; ; {
-		opts := options.ChangeStream().SetFullDocument(options.UpdateLookup)
+		opts := options.ChangeStream().SetFullDocument(options.UpdateLookup).SetMaxAwaitTime(awaitTime)
 		if resume != nil {
 			opts.SetResumeAfter(resume)
 		}
@@ -118,7 +161,7 @@ func (b *Backend) watch(ctx context.Context) bool {
 		b.hub.NotifyAll() // releases may have been missed while no stream was open
 		ended := b.follow(ctx, cs)
 		resume = cs.ResumeToken()
-		err = cs.Err()
+		err = cursorErr(ctx, cs.Err())
 		_ = cs.Close(context.WithoutCancel(ctx))
 		b.hub.SetPushed(false)
 		if ended || restartable(err) {
@@ -137,7 +180,7 @@ func (b *Backend) watch(ctx context.Context) bool {
 // follow passes the events of cs to the waiters until the stream fails or is invalidated (then
 // it reports true: the collection is gone, and a stream must start afresh).
 func (b *Backend) follow(ctx context.Context, cs *mongo.ChangeStream) (invalidated bool) {
-	for cs.Next(ctx) {
+	for next(ctx, cs) {
 		var ev event
 		if err := cs.Decode(&ev); err != nil {
 			b.hub.NotifyAll()
