@@ -453,24 +453,16 @@ func seconds(r *http.Request, def time.Duration) (time.Duration, error) {
 
 // keepAlive sets the expiry to now + 5 minutes (GET) or now + seconds (PUT).
 func (s *server) keepAlive(w http.ResponseWriter, r *http.Request) error {
-	d, err := seconds(r, keepAlive)
-	if err != nil {
-		return err
-	}
-	in, err := s.holding(r)
-	if err != nil {
-		return err
-	}
-	out, err := s.extend(r.Context(), in.Info, d)
-	if err != nil {
-		return err
-	}
-	writeJSON(w, http.StatusOK, dto(out))
-	return nil
+	return s.prolong(w, r, false)
 }
 
 // addToExpireAt moves the expiry 5 minutes (GET) or seconds (PUT) past the current one.
 func (s *server) addToExpireAt(w http.ResponseWriter, r *http.Request) error {
+	return s.prolong(w, r, true)
+}
+
+// prolong extends the lock of the request's id by its seconds, from now or from its expiry.
+func (s *server) prolong(w http.ResponseWriter, r *http.Request, fromExpiry bool) error {
 	d, err := seconds(r, keepAlive)
 	if err != nil {
 		return err
@@ -479,7 +471,10 @@ func (s *server) addToExpireAt(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	out, err := s.extend(r.Context(), in.Info, in.left()+d)
+	if fromExpiry {
+		d += in.left()
+	}
+	out, err := s.extend(r.Context(), in.Info, d)
 	if err != nil {
 		return err
 	}
