@@ -8,23 +8,25 @@ import (
 
 	"github.com/shylock-go/shylock/internal/backoff"
 	"github.com/shylock-go/shylock/internal/ownerid"
+	"github.com/shylock-go/shylock/internal/quote"
 )
 
 // Acquire blocks until the lock is held or ctx ends. While another owner holds it, Acquire
-// waits for a release or the holder's expiry (see WithRetry). When ctx ends first, the error
-// matches both ctx.Err() and the reason it was not acquired (ErrLocked, or the backend's last
-// error), and no lock is left behind: anything an attempt whose reply was lost may have written
-// is removed before Acquire returns. If the backend stays unreachable, Acquire keeps trying to
-// remove it for up to 10 s (or the TTL, if shorter); the error then says that the lock may stay
-// taken until its TTL runs out.
+// waits for a release or the holder's expiry (see WithRetry). It returns by ctx's deadline. When
+// ctx ends first, the error matches both ctx.Err() and the reason it was not acquired
+// (ErrLocked, or the backend's last error). If an attempt's outcome is unknown (its reply never
+// came), the backend removes in the background whatever it may have written, and the error says
+// that the lock may stay taken until then; an error that does not say so leaves nothing behind.
+// After the backend's Close, Acquire returns at once with an error matching ErrClosed.
 func (l *Lock) Acquire(ctx context.Context) error {
 	_, err := l.acquire(ctx, true)
 	return err
 }
 
-// TryAcquire makes one attempt. It returns (true, nil) when the lock is now held, (false, nil)
-// when another owner holds it, and (false, err) when the attempt failed, in which case nothing is
-// left behind either, as with Acquire.
+// TryAcquire makes one attempt, which lasts at most AttemptTimeout even when ctx has no
+// deadline. It returns (true, nil) when the lock is now held, (false, nil) when another owner
+// holds it, and (false, err) when the attempt failed; then, as with Acquire, the error says
+// whether the lock may stay taken.
 func (l *Lock) TryAcquire(ctx context.Context) (bool, error) {
 	return l.acquire(ctx, false)
 }
@@ -61,69 +63,74 @@ func (l *Lock) acquire(ctx context.Context, wait bool) (bool, error) {
 	}()
 
 	req := AcquireRequest{Name: l.name, Owner: ownerid.New(), Label: cfg.label, TTL: cfg.ttl}
-	var wake <-chan struct{}
-	if n, ok := cfg.backend.(Notifier); ok && wait {
-		sub := n.Subscribe(l.name, cfg.retryMin, cfg.retryMax)
-		defer sub.Close()
-		wake = sub.C()
-	}
 	var (
 		poll    = backoff.New(cfg.retryMin, cfg.retryMax)
 		errBo   = backoff.New(cfg.retryMin, max(cfg.retryMax, time.Second)) // an outage is not a busy lock
 		timer   *time.Timer
-		lastErr error     // why the last attempt failed
-		unknown time.Time // when the last attempt of unknown outcome was sent; zero if none
+		wake    <-chan struct{}
+		lastErr error // why the last attempt failed
+		// An attempt of unknown outcome was sent: it may have taken the lock, or may still
+		// take it if it arrives late. Another owner holding the lock now does not rule that out.
+		pending bool
 	)
 	defer func() {
 		if timer != nil {
 			timer.Stop()
 		}
 	}()
-	// undo removes what an attempt of unknown outcome may have written, and says what it could
-	// not remove.
-	undo := func() error {
-		if unknown.IsZero() {
-			return nil
+	// giveUp returns err, handing what a pending attempt may have written to the backend.
+	giveUp := func(err error) (bool, error) {
+		if !pending {
+			return false, err
 		}
-		return l.cleanup(ctx, cfg, req, unknown)
+		cfg.backend.Abandon(l.name, req.Owner, cfg.ttl)
+		return false, join(err, fmt.Errorf("an attempt's outcome is unknown: if it took %s, the backend releases it "+
+			"in the background, and it may stay taken until then (at most its TTL, %v)", quote.Name(l.name), cfg.ttl))
 	}
 	for {
 		if ctx.Err() != nil {
-			left := undo()
 			if lastErr == nil || errors.Is(lastErr, ctx.Err()) {
-				return false, join(l.errorf("acquire", ctx.Err()), left)
+				return giveUp(l.errorf("acquire", ctx.Err()))
 			}
-			return false, join(l.errorf("acquire", lastErr), ctx.Err(), left)
+			return giveUp(join(l.errorf("acquire", lastErr), ctx.Err()))
 		}
 		sent := time.Now()
-		lease, err := cfg.backend.Acquire(ctx, req)
+		actx, cancel := context.WithTimeout(ctx, AttemptTimeout)
+		lease, err := cfg.backend.Acquire(actx, req)
+		cancel()
 		if err == nil {
-			l.hold(cfg, req, lease, sent)
+			l.hold(cfg, req, lease, sent, pending)
 			return true, nil
 		}
-		if errors.Is(err, ErrInvalidName) || errors.Is(err, ErrInvalidTTL) || errors.Is(err, ErrRefused) {
+		if errors.Is(err, ErrInvalidName) || errors.Is(err, ErrInvalidTTL) || errors.Is(err, ErrRefused) || errors.Is(err, ErrClosed) {
 			// Refused without a write, and no retry can help; an earlier attempt may still
 			// have written.
-			return false, join(l.errorf("acquire", err), undo())
+			return giveUp(l.errorf("acquire", err))
 		}
 		locked := errors.Is(err, ErrLocked)
 		if errors.Is(lastErr, ErrLocked) && errors.Is(err, ctx.Err()) {
 			err = lastErr // keep the reason we were waiting, not the interrupted attempt
 		}
 		lastErr = err
-		if locked {
-			unknown = time.Time{} // another owner holds it, so no earlier attempt of ours does
-		} else {
-			unknown = sent
+		if !locked && !errors.Is(err, ErrUnavailable) {
+			pending = true
 		}
 		if ctx.Err() != nil {
 			continue
 		}
 		if !wait {
 			if locked {
-				return false, nil
+				return false, nil // a single attempt, whose outcome is known
 			}
-			return false, join(l.errorf("acquire", err), undo())
+			return giveUp(l.errorf("acquire", err))
+		}
+		if n, ok := cfg.backend.(Notifier); ok && wake == nil {
+			// Subscribed only once an attempt has failed, so an uncontended acquire costs
+			// the attempt alone. A release between that attempt and this subscription is not
+			// missed: the shared poller probes at once for a new subscriber.
+			sub := n.Subscribe(l.name, cfg.retryMin, cfg.retryMax)
+			defer sub.Close()
+			wake = sub.C()
 		}
 		// While the lock is held, wait for the shared watcher, which polls within the retry
 		// bounds and wakes no later than the holder's expiry (or poll alone, without one);
@@ -146,39 +153,6 @@ func (l *Lock) acquire(ctx context.Context, wait bool) (bool, error) {
 		case <-wakeup:
 		case <-backedOff:
 		case <-ctx.Done():
-		}
-	}
-}
-
-// cleanup removes whatever an attempt sent at sent, whose outcome is unknown, may have written.
-// The owner id is fresh for each Acquire, so this can only ever remove our own lock. It retries
-// until it succeeds, cleanupTimeout passes, or the lease would have run out anyway, and returns
-// an error, for the caller to pass on, when something may be left.
-func (l *Lock) cleanup(ctx context.Context, cfg config, req AcquireRequest, sent time.Time) error {
-	end := sent.Add(cfg.ttl) // the lease it may have taken ends about then
-	if !time.Now().Before(end) {
-		return nil
-	}
-	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), min(time.Until(end), cleanupTimeout))
-	defer cancel()
-	bo := retryBackoff(cfg)
-	for {
-		err := cfg.backend.Release(cctx, req.Name, req.Owner, 0)
-		switch {
-		case err == nil:
-			cfg.logger.Debug("shylock: removed the lock an interrupted acquire had written", "name", l.name)
-			return nil
-		case errors.Is(err, ErrNotHeld):
-			return nil
-		}
-		select {
-		case <-time.After(bo.Next()):
-		case <-cctx.Done():
-			cfg.logger.Warn("shylock: could not remove what an interrupted acquire may have written; it expires by itself",
-				"name", l.name, "ttl", cfg.ttl, "err", err)
-			// %v: the cleanup's own deadline must not make the error match the caller's.
-			return fmt.Errorf("shylock: %q may stay taken until its TTL (%v) runs out: the attempt may have "+
-				"acquired it and could not be undone: %v", l.name, cfg.ttl, err)
 		}
 	}
 }

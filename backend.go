@@ -12,8 +12,14 @@ import (
 // Every method validates its input with ValidateName and ValidateTTL before any I/O. Expiry is
 // always judged by the backend's clock (the database server's), never by the caller's.
 // Implementations must be safe for concurrent use. An error that no retry can cure (a command
-// the server refuses, a missing permission) wraps ErrRefused; any other error is taken to be
-// transient, and an Acquire that returned one may have been applied.
+// the server refuses, a missing permission) wraps ErrRefused; after Close, or once the database
+// client is closed, errors wrap ErrClosed; a request that surely had no effect (it never left the
+// process) fails with an error wrapping ErrUnavailable. Any other error is taken to be transient,
+// and an Acquire that returned one may have been applied.
+//
+// Every method returns by its context's deadline. The Lock gives each request a deadline at
+// most AttemptTimeout away; an acquire attempt must not take effect after its context's
+// deadline where the backend can make the server enforce that (see Abandon).
 type Backend interface {
 	// Acquire makes one attempt to take req.Name for req.Owner. It succeeds when nobody holds
 	// the name, when the holder's lease has expired, or when req.Owner already holds it (a retry
@@ -49,6 +55,16 @@ type Backend interface {
 	// so the next holder's token is still greater. It returns the record as it was before, and
 	// an error wrapping ErrNotHeld if nobody held the name.
 	ForceRelease(ctx context.Context, name string) (Info, error)
+
+	// Abandon takes over what a caller gives up without knowing the outcome: acquire attempts
+	// of owner whose replies never came, or a holding of owner that could not be released
+	// within the caller's context. It returns at once. In the background, bounded by about ttl
+	// and stopped by the backend's Close, it releases whatever owner holds of name, retrying
+	// while that may help, and once more when no attempt of owner still in flight can take
+	// effect: at once where nothing can be in flight (process memory), after each attempt's
+	// deadline where the server enforces it, after a fixed delay where it cannot. Owner ids are
+	// never reused, so Abandon can only ever remove that owner's own holding.
+	Abandon(name, owner string, ttl time.Duration)
 }
 
 // AcquireRequest is one acquire attempt.
@@ -77,7 +93,7 @@ type Info struct {
 	Name       string
 	Owner      string // owner id of the holding; empty once released
 	Label      string // the holder's label (see WithOwner)
-	Token      uint64 // fencing token of the current or last holding
+	Token      uint64 // fencing token of the current or last holding (or of the release that ended it, where a release takes one)
 	AcquiredAt time.Time
 	RenewedAt  time.Time
 	ExpiresAt  time.Time // by the backend's clock
@@ -97,8 +113,10 @@ type Notifier interface {
 	// notification channel of the backend's (a change stream, release events) reports, or found
 	// free or expired by the shared poller, which polls with jittered exponential backoff
 	// between minPoll and maxPoll (at least 10s apart while a channel pushes every release) and
-	// wakes no later than the holder's expiry. Subscribe before an acquire attempt so that no
-	// release after the attempt is missed.
+	// wakes no later than the holder's expiry plus one poll. The poller of a name that had no
+	// subscriber probes at once, so a release between a failed attempt and the subscription is
+	// not missed; Lock subscribes only after its first attempt failed, so that an uncontended
+	// acquire costs the attempt alone. After the backend's Close, C receives a value at once.
 	Subscribe(name string, minPoll, maxPoll time.Duration) Subscription
 }
 

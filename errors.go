@@ -50,6 +50,16 @@ var (
 
 	// ErrInvalidOption means an option's value cannot work, for example WithRetry with max < min.
 	ErrInvalidOption = errors.New("shylock: invalid option")
+
+	// ErrClosed means the backend, or the database client under it, was closed. Acquire returns
+	// it at once, also to a caller that was waiting; nothing was sent.
+	ErrClosed = errors.New("shylock: backend closed")
+
+	// ErrUnavailable means the backend could not be reached and the request surely had no
+	// effect: it never left the process (no server could be selected, the connection was
+	// refused), or the server refused it unapplied because it arrived after its deadline. A
+	// failure that does not match it may have been applied.
+	ErrUnavailable = errors.New("shylock: backend unavailable; nothing was changed")
 )
 
 // opError is the error of an operation on a lock. Its text names the package once, though the

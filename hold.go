@@ -9,11 +9,11 @@ import (
 	"github.com/shylock-go/shylock/internal/backoff"
 )
 
-func (l *Lock) hold(cfg config, req AcquireRequest, lease Lease, sent time.Time) {
+func (l *Lock) hold(cfg config, req AcquireRequest, lease Lease, sent time.Time, pending bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	h := &holding{cfg: cfg, owner: req.Owner, token: lease.Token, acquired: sent,
-		ttl: cfg.ttl, valid: lease.Valid, deadline: sent.Add(trusted(lease.Valid)), lost: l.lost}
+		ttl: cfg.ttl, valid: lease.Valid, deadline: sent.Add(trusted(lease.Valid)), lost: l.lost, pending: pending}
 	l.h = h
 	h.timer = time.AfterFunc(time.Until(h.deadline), func() { l.expire(h) })
 	if cfg.autoRenew {
@@ -147,7 +147,8 @@ func (l *Lock) renewOnce(ctx context.Context, h *holding, ttl time.Duration) boo
 // Extend sets the lease to expire ttl from now, by the backend's clock, and makes ttl the
 // lease length of later auto-renewals. It returns an error matching ErrNotHeld if this handle
 // does not hold the lock, matching ErrLost too if the holding was lost (Lost is then closed).
-// A transient error leaves the holding as it was: the lease still runs to its old expiry.
+// A transient error leaves the holding as it was: the lease still runs to its old expiry. It
+// waits at most AttemptTimeout for the backend.
 func (l *Lock) Extend(ctx context.Context, ttl time.Duration) error {
 	if err := ValidateTTL(ttl); err != nil {
 		return l.errorf("extend", err)
@@ -165,7 +166,9 @@ func (l *Lock) Extend(ctx context.Context, ttl time.Duration) error {
 	l.mu.Unlock()
 
 	sent := time.Now()
-	lease, err := h.cfg.backend.Extend(ctx, l.name, h.owner, h.token, ttl)
+	ectx, cancel := context.WithTimeout(ctx, AttemptTimeout)
+	lease, err := h.cfg.backend.Extend(ectx, l.name, h.owner, h.token, ttl)
+	cancel()
 	switch {
 	case errors.Is(err, ErrNotHeld):
 		l.mu.Lock()

@@ -12,9 +12,11 @@ func trusted(valid time.Duration) time.Duration {
 	return valid - valid/100 - 2*time.Millisecond
 }
 
-// cleanupTimeout bounds the release that Do and a failed or cancelled Acquire make on their
-// own, after the caller's context may have ended. What they cannot remove expires at its TTL.
-const cleanupTimeout = 10 * time.Second
+// AttemptTimeout bounds each request a Lock makes to its backend: one acquire attempt (and so
+// TryAcquire, also without a deadline), one Release, one Extend. A server that has not answered
+// by then may still apply the request; where the server reads its own clock, an acquire attempt
+// that reaches it later than this after it was sent is refused there, unapplied.
+const AttemptTimeout = 5 * time.Second
 
 // Lock is a handle on one named lock. Create it with New.
 type Lock struct {
@@ -48,6 +50,9 @@ type holding struct {
 	// A release failed in a way that may have applied; a retry that finds nothing to release
 	// is then a success, not a loss.
 	releaseUncertain bool
+	// An acquire attempt of this owner whose outcome is unknown may still reach the server:
+	// after the release, the backend must make sure it did not take the lock again.
+	pending bool
 }
 
 // Name returns the lock's name.
@@ -55,6 +60,13 @@ func (l *Lock) Name() string { return l.name }
 
 func (l *Lock) errorf(op string, err error) error {
 	return &opError{op: op, name: l.name, err: err}
+}
+
+// holding reports whether the handle has a holding that Release has not ended.
+func (l *Lock) holding() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.h != nil
 }
 
 // Held reports whether this handle holds the lock: acquired, not released, not known to be

@@ -74,6 +74,14 @@ type faulty struct {
 	loseRelease  atomic.Int32 // releases that apply but report an error
 	failRelease  atomic.Bool  // releases that fail without applying
 	failReleases atomic.Int32 // as many releases as this fail without applying
+	unavailable  atomic.Bool  // acquires fail without leaving the process
+	hangRelease  atomic.Bool  // releases get no answer until their context ends
+	abandoned    atomic.Int32 // calls of Abandon
+}
+
+func (f *faulty) Abandon(name, owner string, ttl time.Duration) {
+	f.abandoned.Add(1)
+	f.Backend.Abandon(name, owner, ttl)
 }
 
 var errTransient = errors.New("connection refused (test fault)")
@@ -81,6 +89,9 @@ var errTransient = errors.New("connection refused (test fault)")
 func (f *faulty) Acquire(ctx context.Context, req shylock.AcquireRequest) (shylock.Lease, error) {
 	if f.refuse.Load() {
 		return shylock.Lease{}, fmt.Errorf("%w: the server does not know this command (test fault)", shylock.ErrRefused)
+	}
+	if f.unavailable.Load() {
+		return shylock.Lease{}, fmt.Errorf("%w: no server could be selected (test fault)", shylock.ErrUnavailable)
 	}
 	lease, err := f.Backend.Acquire(ctx, req)
 	if err == nil && f.loseAcquire.Add(-1) >= 0 {
@@ -98,6 +109,10 @@ func (f *faulty) Extend(ctx context.Context, name, owner string, token uint64, t
 }
 
 func (f *faulty) Release(ctx context.Context, name, owner string, token uint64) error {
+	if f.hangRelease.Load() {
+		<-ctx.Done()
+		return ctx.Err()
+	}
 	if f.failRelease.Load() || f.failReleases.Add(-1) >= 0 {
 		return errTransient
 	}
@@ -248,63 +263,66 @@ func TestReleaseAfterLossWithServerDown(t *testing.T) {
 	}
 }
 
-// TestFailedAcquireRetriesCleanup: when the reply of an applied acquire is lost and the backend
-// then refuses a few requests, the cleanup keeps trying and nothing is left behind.
-func TestFailedAcquireRetriesCleanup(t *testing.T) {
+// TestFailedAcquireLeavesCleanupToTheBackend: when the reply of an applied acquire is lost,
+// TryAcquire returns at once, hands the owner to the backend to release, and says that the lock
+// may stay taken until then.
+func TestFailedAcquireLeavesCleanupToTheBackend(t *testing.T) {
 	m := newMemory(t)
 	f := &faulty{Backend: m}
 	f.loseAcquire.Store(1)
-	f.failReleases.Store(3)
 	l := shylock.New("x", shylock.WithBackend(f), shylock.WithRetry(time.Millisecond, 5*time.Millisecond))
 	ok, err := l.TryAcquire(ctx)
-	if ok || !errors.Is(err, errTransient) || strings.Contains(err.Error(), "may stay taken") {
-		t.Fatalf("TryAcquire = %v, %v; want false and only the acquire's error", ok, err)
+	if ok || !errors.Is(err, errTransient) || !strings.Contains(err.Error(), "may stay taken") {
+		t.Fatalf("TryAcquire = %v, %v; want false, the acquire's error, and that the lock may stay taken", ok, err)
+	}
+	if n := f.abandoned.Load(); n != 1 {
+		t.Fatalf("Abandon called %d times; want once", n)
 	}
 	if info, err := m.Inspect(ctx, "x"); err != nil || info.Held {
-		t.Fatalf("Inspect = %+v, %v; the cleanup's retries should have removed the lock", info, err)
-	}
-	if n := f.failReleases.Load(); n >= 0 {
-		t.Fatalf("%d injected release failures left; the cleanup did not retry", n+1)
+		t.Fatalf("Inspect = %+v, %v; the backend should have removed the lock", info, err)
 	}
 }
 
-// TestFailedAcquireCleanupGivesUp: when the backend never answers, the cleanup stops once the
-// lease would have run out, and the error says the lock may stay taken until then.
-func TestFailedAcquireCleanupGivesUp(t *testing.T) {
+// TestNothingSentNothingToUndo: an attempt that never left the process needs no clean-up, and
+// the error does not say that a lock may remain.
+func TestNothingSentNothingToUndo(t *testing.T) {
 	f := &faulty{Backend: newMemory(t)}
-	f.loseAcquire.Store(1)
-	f.failRelease.Store(true)
-	l := shylock.New("x", shylock.WithBackend(f), shylock.WithTTL(200*time.Millisecond))
-	start := time.Now()
-	ok, err := l.TryAcquire(ctx)
-	if ok || err == nil || !strings.Contains(err.Error(), "may stay taken until its TTL") {
-		t.Fatalf("TryAcquire = %v, %v; want an error saying the lock may stay taken", ok, err)
-	}
-	if errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("the error %q matches context.DeadlineExceeded, but the caller's context is alive", err)
-	}
-	if d := time.Since(start); d > 5*time.Second {
-		t.Fatalf("TryAcquire took %v; cleaning up a 200ms lease should stop when it runs out", d)
-	}
-}
-
-// TestCancelledAcquireAfterTheLeaseEnded: an attempt of unknown outcome whose lease has run out
-// by the time Acquire gives up has nothing left to remove, so nothing is tried or reported.
-func TestCancelledAcquireAfterTheLeaseEnded(t *testing.T) {
-	f := &faulty{Backend: newMemory(t)}
-	f.loseAcquire.Store(1)
-	f.failRelease.Store(true)
-	l := shylock.New("x", shylock.WithBackend(f), shylock.WithTTL(50*time.Millisecond), shylock.WithRetry(time.Minute, time.Minute))
-	actx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	f.unavailable.Store(true)
+	l := shylock.New("x", shylock.WithBackend(f), shylock.WithRetry(time.Millisecond, 5*time.Millisecond))
+	actx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
 	defer cancel()
 	err := l.Acquire(actx)
-	if !errors.Is(err, context.DeadlineExceeded) || !errors.Is(err, errTransient) || strings.Contains(err.Error(), "may stay taken") {
-		t.Fatalf("Acquire = %v; want the deadline and the attempt's error, and no leftover", err)
+	if !errors.Is(err, context.DeadlineExceeded) || !errors.Is(err, shylock.ErrUnavailable) || strings.Contains(err.Error(), "may stay taken") {
+		t.Fatalf("Acquire = %v; want the deadline and the backend's error, and no word of a leftover", err)
+	}
+	if n := f.abandoned.Load(); n != 0 {
+		t.Fatalf("Abandon called %d times for attempts that never left", n)
 	}
 }
 
-// TestDoRetriesItsRelease: when the backend refuses a few requests as fn ends, Do keeps
-// releasing rather than leave the lock taken until its TTL.
+// TestPendingAttemptUndoneAfterRelease: an attempt of unknown outcome may still reach the
+// server after a later attempt of the same Acquire succeeded and the holder released: the
+// release hands the owner to the backend too.
+func TestPendingAttemptUndoneAfterRelease(t *testing.T) {
+	f := &faulty{Backend: newMemory(t)}
+	f.loseAcquire.Store(1)
+	l := shylock.New("x", shylock.WithBackend(f), shylock.WithRetry(time.Millisecond, time.Millisecond))
+	if err := l.Acquire(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := f.abandoned.Load(); n != 0 {
+		t.Fatalf("Abandon called %d times while the lock is held", n)
+	}
+	if err := l.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := f.abandoned.Load(); n != 1 {
+		t.Fatalf("Abandon called %d times after the release; want once", n)
+	}
+}
+
+// TestDoRetriesItsRelease: when the backend refuses a few requests as fn ends, the release
+// is left to the backend rather than the lock to its TTL.
 func TestDoRetriesItsRelease(t *testing.T) {
 	m := newMemory(t)
 	f := &faulty{Backend: m}
@@ -317,6 +335,33 @@ func TestDoRetriesItsRelease(t *testing.T) {
 	}
 	if info, err := m.Inspect(ctx, "x"); err != nil || info.Held {
 		t.Fatalf("Inspect = %+v, %v; Do left the lock taken", info, err)
+	}
+}
+
+// TestDoReturnsByItsDeadline: when fn runs until the deadline and the backend then does not
+// answer, Do returns at the deadline and leaves the release to the backend.
+func TestDoReturnsByItsDeadline(t *testing.T) {
+	m := newMemory(t)
+	f := &faulty{Backend: m}
+	dctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	defer cancel()
+	deadline, _ := dctx.Deadline()
+	err := shylock.Do(dctx, "x", func(fctx context.Context) error {
+		f.hangRelease.Store(true)
+		<-fctx.Done()
+		return fctx.Err()
+	}, shylock.WithBackend(f))
+	if late := time.Since(deadline); late > 500*time.Millisecond {
+		t.Fatalf("Do returned %v after its deadline", late)
+	}
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Do = %v; want fn's error", err)
+	}
+	if n := f.abandoned.Load(); n != 1 {
+		t.Fatalf("Abandon called %d times; want the release left to the backend once", n)
+	}
+	if info, _ := m.Inspect(ctx, "x"); info.Held {
+		t.Fatalf("the backend did not release the lock: %+v", info)
 	}
 }
 

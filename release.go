@@ -5,31 +5,22 @@ import (
 	"errors"
 	"fmt"
 	"time"
-
-	"github.com/shylock-go/shylock/internal/backoff"
 )
 
 // Release gives the lock up. It returns an error matching ErrNotHeld if this handle does not
 // hold the lock, and one matching both ErrNotHeld and ErrLost if the holding was lost before
 // the release (work done under it may have overlapped with another holder's). If the backend
 // cannot be reached the error says so, the lock stays held until its TTL, and Release may be
-// retried. Auto-renewal has stopped when Release returns, whatever the outcome.
+// retried. It waits at most AttemptTimeout for the backend. Auto-renewal has stopped when
+// Release returns, whatever the outcome.
 func (l *Lock) Release(ctx context.Context) error {
-	l.mu.Lock()
-	h := l.h
+	h := l.stopRenewal()
 	if h == nil {
-		l.mu.Unlock()
 		return l.errorf("release", fmt.Errorf("%w: this Lock does not hold it", ErrNotHeld))
 	}
-	if h.stopRenew != nil {
-		h.stopRenew()
-	}
-	l.mu.Unlock()
-	if h.renewed != nil {
-		<-h.renewed
-	}
-
-	err := h.cfg.backend.Release(ctx, l.name, h.owner, h.token)
+	rctx, cancel := context.WithTimeout(ctx, AttemptTimeout)
+	err := h.cfg.backend.Release(rctx, l.name, h.owner, h.token)
+	cancel()
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	unreachable := err != nil && !errors.Is(err, ErrNotHeld)
@@ -40,18 +31,12 @@ func (l *Lock) Release(ctx context.Context) error {
 	if errors.Is(err, ErrNotHeld) && h.releaseUncertain {
 		err = nil // the earlier attempt did release it
 	}
-	if l.h != h { // a concurrent Release finished first
+	if !l.detach(h) {
 		return l.errorf("release", fmt.Errorf("%w: already released", ErrNotHeld))
 	}
-	l.h = nil
-	l.lost = make(chan struct{})
-	switch {
-	case err != nil:
+	if err != nil {
 		l.markLost(h, err)
-	case !time.Now().Before(h.deadline):
-		l.markLost(h, errors.New("the lease had expired before Release"))
 	}
-	h.timer.Stop()
 	switch {
 	case !h.isLost:
 		return nil
@@ -62,33 +47,56 @@ func (l *Lock) Release(ctx context.Context) error {
 	return l.errorf("release", fmt.Errorf("%w: %w (another owner may have held it meanwhile)", ErrNotHeld, ErrLost))
 }
 
-// releaseRetrying releases, retrying failures other than ErrNotHeld with backoff until ctx
-// ends; the retry of a release that did apply succeeds.
-func (l *Lock) releaseRetrying(ctx context.Context) error {
-	var (
-		cfg *config // resolved at the first failure, so a release that gets through costs nothing more
-		bo  *backoff.Backoff
-	)
-	for {
-		err := l.Release(ctx)
-		if err == nil || errors.Is(err, ErrNotHeld) {
-			return err
-		}
-		if cfg == nil {
-			c, _ := resolve(l.name, l.opts) // valid: the lock was acquired with them
-			cfg, bo = &c, retryBackoff(c)
-		}
-		cfg.logger.Debug("shylock: release failed; retrying", "name", l.name, "err", err)
-		select {
-		case <-time.After(bo.Next()):
-		case <-ctx.Done():
-			return err
-		}
+// handOff gives the holding up without waiting for the backend, which releases it in the
+// background. It returns what Release would of a holding that was lost, else nil.
+func (l *Lock) handOff() error {
+	h := l.stopRenewal()
+	if h == nil {
+		return nil
 	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.detach(h) {
+		return nil // a concurrent Release finished first
+	}
+	if !h.pending { // detach has asked for the release already otherwise
+		h.cfg.backend.Abandon(l.name, h.owner, h.ttl)
+	}
+	if h.isLost {
+		return l.errorf("release", fmt.Errorf("%w: %w (another owner may have held it meanwhile)", ErrNotHeld, ErrLost))
+	}
+	return nil
 }
 
-// retryBackoff paces retries of a write that must get through: within the lock's retry
-// bounds, but at least once a second.
-func retryBackoff(cfg config) *backoff.Backoff {
-	return backoff.New(cfg.retryMin, max(cfg.retryMin, min(cfg.retryMax, time.Second)))
+// stopRenewal stops the auto-renewal of the current holding and returns the holding, or nil.
+func (l *Lock) stopRenewal() *holding {
+	l.mu.Lock()
+	h := l.h
+	if h != nil && h.stopRenew != nil {
+		h.stopRenew()
+	}
+	l.mu.Unlock()
+	if h != nil && h.renewed != nil {
+		<-h.renewed
+	}
+	return h
+}
+
+// detach ends h as the current holding, marking it lost if its lease ran out first, and
+// reports false if it already was not. An acquire attempt of h's owner that may still reach
+// the server is left to the backend to undo. Call with l.mu held.
+func (l *Lock) detach(h *holding) bool {
+	if l.h != h {
+		return false
+	}
+	l.h = nil
+	l.lost = make(chan struct{})
+	if !time.Now().Before(h.deadline) {
+		l.markLost(h, errors.New("the lease had expired before Release"))
+	}
+	h.timer.Stop()
+	if h.pending {
+		h.cfg.backend.Abandon(l.name, h.owner, h.ttl)
+	}
+	return true
 }

@@ -92,8 +92,9 @@ func TokenFrom(ctx context.Context) (uint64, bool) {
 //
 // fn's own error is returned as it is, joined with any release error. When fn returned nil but
 // the lock was lost while it ran, Do's error matches both ErrLost and ErrWorkDone: the work was
-// done, perhaps not alone, and retrying it would do it twice. A release that fails because the
-// backend cannot be reached is retried for up to 10 s.
+// done, perhaps not alone, and retrying it would do it twice. Do returns by ctx's deadline: a
+// release it cannot make by then (ctx has ended, or the backend does not answer) is left to the
+// backend, which makes it in the background.
 func Do(ctx context.Context, name string, fn func(ctx context.Context) error, opts ...Option) (err error) {
 	l := New(name, append([]Option{WithAutoRenew(true)}, opts...)...)
 	if err := l.Acquire(ctx); err != nil {
@@ -114,9 +115,17 @@ func Do(ctx context.Context, name string, fn func(ctx context.Context) error, op
 		close(stop)
 		<-watched
 		cancel(nil)
-		rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
-		defer rcancel()
-		rerr := l.releaseRetrying(rctx)
+		var rerr error
+		select {
+		case <-l.Lost(): // nothing to wait for: the lease has ended
+		default:
+			if ctx.Err() == nil {
+				rerr = l.Release(ctx)
+			}
+		}
+		if l.holding() {
+			rerr = l.handOff()
+		}
 		switch {
 		case rerr == nil:
 		case errors.Is(rerr, ErrLost) && errors.Is(err, ErrLost): // fn has said so already

@@ -30,6 +30,7 @@ import (
 	"log/slog"
 	"sort"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/arangodb/go-driver/v2/arangodb"
@@ -37,6 +38,7 @@ import (
 	"golang.org/x/text/unicode/norm"
 
 	"github.com/shylock-go/shylock"
+	"github.com/shylock-go/shylock/internal/janitor"
 	"github.com/shylock-go/shylock/internal/waiter"
 )
 
@@ -59,8 +61,10 @@ type Backend struct {
 	coll     string
 	log      *slog.Logger
 	hub      *waiter.Hub
+	janitor  *janitor.Janitor
 	readOnly bool
 	offset   time.Duration // the maximum clock offset between the servers
+	closed   atomic.Bool
 }
 
 // New returns a backend on the collection called collection in db. It creates the collection
@@ -78,7 +82,7 @@ func New(ctx context.Context, db arangodb.Database, collection string, opts ...O
 	if s.err != nil {
 		return nil, s.err
 	}
-	b := &Backend{db: db, coll: collection, log: s.log, readOnly: s.readOnly}
+	b := &Backend{db: db, coll: collection, log: s.log, readOnly: s.readOnly, janitor: janitor.New(s.log)}
 	b.hub = waiter.New(b.probe)
 	if s.offset != nil {
 		b.offset = *s.offset
@@ -111,8 +115,25 @@ func New(ctx context.Context, db arangodb.Database, collection string, opts ...O
 // WithMaxClockOffset).
 func (b *Backend) MaxClockOffset() time.Duration { return b.offset }
 
-// Close stops the pollers of waiting goroutines. Locks stay in the database.
-func (b *Backend) Close() { b.hub.Close() }
+// Close stops the pollers of waiting goroutines and the background releases (see Abandon);
+// waiting acquires then return an error matching shylock.ErrClosed, as does every later
+// acquire. Locks stay in the database.
+func (b *Backend) Close() {
+	b.closed.Store(true)
+	b.hub.Close()
+	b.janitor.Close()
+}
+
+var errClosed = fmt.Errorf("arango: %w", shylock.ErrClosed)
+
+// Abandon implements shylock.Backend. ArangoDB's queries are not given a deadline that the
+// server enforces, so the second release comes shylock.AttemptTimeout after the call: an attempt
+// that reaches the server later than that can still leave a lock, which expires at its TTL.
+func (b *Backend) Abandon(name, owner string, ttl time.Duration) {
+	b.janitor.Undo(name, shylock.AttemptTimeout+ttl, func(ctx context.Context) error {
+		return b.Release(ctx, name, owner, 0)
+	}, func(ctx context.Context) error { return janitor.Sleep(ctx, shylock.AttemptTimeout) })
+}
 
 // record is the stored document; times are seconds since the epoch.
 type record struct {
@@ -239,6 +260,9 @@ func (b *Backend) Acquire(ctx context.Context, req shylock.AcquireRequest) (shyl
 	}
 	if b.readOnly {
 		return shylock.Lease{}, refuseWrite("acquire", req.Name)
+	}
+	if b.closed.Load() {
+		return shylock.Lease{}, errClosed
 	}
 	if req.TTL <= b.offset {
 		return shylock.Lease{}, fmt.Errorf("%w: %v is not longer than the maximum clock offset %v between the servers, so no holder could trust it; "+

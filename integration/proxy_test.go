@@ -215,20 +215,21 @@ func TestMongoAmbiguousWrites(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// A TryAcquire that gives up on the lost reply must remove what its write did.
+	// A TryAcquire that gives up on the lost reply must remove what its write did. Each gets a
+	// backend of its own: the releases an earlier one left to its backend's background must not
+	// meet the proxy's next armed drop.
 	for _, name := range []string{"ambiguous/fresh", "ambiguous/retry"} { // a new record, and a free one
+		backend.Close()
+		backend = newMongo(t, proxied.Database(coll.Database().Name()).Collection(coll.Name()))
 		proxy.drop.Store(1)
 		ok, err := shylock.New(name, shylock.WithBackend(backend), shylock.WithTTL(time.Hour)).TryAcquire(ctx)
 		if ok || err == nil {
 			t.Fatalf("%s: TryAcquire with its reply lost = %v, %v; want false and the error", name, ok, err)
 		}
 		proxy.drop.Store(0)
-		if info, _ := direct.Inspect(ctx, name); info.Held {
-			t.Fatalf("%s: the failed TryAcquire left the lock behind: %+v", name, info)
-		}
-		if ok, err := shylock.New(name, shylock.WithBackend(direct)).TryAcquire(ctx); !ok || err != nil {
-			t.Fatalf("%s: the lock is not free for others: %v, %v", name, ok, err)
-		}
+		// The backend removes it in the background; an hour's lease left behind fails here.
+		other := shylock.New(name, shylock.WithBackend(direct))
+		waitFor(t, func() bool { ok, err := other.TryAcquire(ctx); return ok && err == nil })
 	}
 }
 

@@ -23,8 +23,9 @@ type Backend struct {
 	now func() time.Time
 	hub *waiter.Hub
 
-	mu    sync.Mutex
-	locks map[string]*record
+	mu     sync.Mutex
+	closed bool
+	locks  map[string]*record
 	// seq is one counter for every name: tokens that grow globally grow per name, and no
 	// per-name state has to outlive a release.
 	seq       uint64
@@ -64,8 +65,16 @@ func New(opts ...Option) *Backend {
 	return b
 }
 
-// Close stops the pollers of waiting goroutines. The locks themselves need no cleanup.
-func (b *Backend) Close() { b.hub.Close() }
+// Close stops the pollers of waiting goroutines; waiting acquires then return an error matching
+// shylock.ErrClosed, as does every later call. The locks themselves need no cleanup.
+func (b *Backend) Close() {
+	b.mu.Lock()
+	b.closed = true
+	b.mu.Unlock()
+	b.hub.Close()
+}
+
+var errClosed = fmt.Errorf("memory: %w", shylock.ErrClosed)
 
 func (r *record) held(now time.Time) bool { return r.owner != "" && now.Before(r.expiresAt) }
 
@@ -89,6 +98,9 @@ func (b *Backend) Acquire(ctx context.Context, req shylock.AcquireRequest) (shyl
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if b.closed {
+		return shylock.Lease{}, errClosed
+	}
 	now := b.now()
 	r := b.locks[req.Name]
 	switch {
@@ -147,6 +159,16 @@ func (b *Backend) Release(ctx context.Context, name, owner string, token uint64)
 	if err := check(ctx, name); err != nil {
 		return err
 	}
+	return b.release(name, owner, token)
+}
+
+// Abandon implements shylock.Backend. Nothing is ever in flight in process memory, so it
+// releases at once.
+func (b *Backend) Abandon(name, owner string, _ time.Duration) {
+	_ = b.release(name, owner, 0)
+}
+
+func (b *Backend) release(name, owner string, token uint64) error {
 	b.mu.Lock()
 	r := b.locks[name]
 	if r == nil || owner == "" || r.owner != owner || (token != 0 && r.token != token) {

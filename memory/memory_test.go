@@ -134,3 +134,10 @@ func TestSweepDropsExpiredRecords(t *testing.T) {
 		t.Fatalf("%d records kept for 5000 expired names; the sweep should bound them", len(list))
 	}
 }
+
+func TestClose(t *testing.T) {
+	shylocktest.RunClose(t, func(*testing.T) (shylock.Backend, func()) {
+		b := memory.New()
+		return b, b.Close
+	})
+}

@@ -25,6 +25,7 @@ type record struct {
 	RenewedAt  time.Time     `bson:"renewedAt"`
 	ExpiresAt  time.Time     `bson:"expiresAt"`
 	CreatedAt  time.Time     `bson:"createdAt"`
+	State      string        `bson:"_shylockState,omitempty"` // "late" from an attempt that arrived after its deadline
 }
 
 // A record's first token is the server's time in microseconds when it was created; later
@@ -67,11 +68,18 @@ func held(name string, rec record) error {
 // acquireServerNow takes a free, expired or own lock in one findAndModify whose pipeline reads
 // the server's clock, and reads who holds it from the document it returns.
 func (b *Backend) acquireServerNow(ctx context.Context, req shylock.AcquireRequest) (shylock.Lease, error) {
-	rec, err := b.upsert(ctx, req)
+	deadline, err := b.attemptDeadline(ctx, req.Owner)
 	if err != nil {
-		return shylock.Lease{}, err
+		return shylock.Lease{}, fmt.Errorf("mongo: acquire %q: %w: %w", req.Name, shylock.ErrUnavailable, err)
 	}
-	if rec.Owner != req.Owner {
+	rec, err := b.upsert(ctx, req, deadline)
+	switch {
+	case err != nil:
+		return shylock.Lease{}, err
+	case rec.State == stateLate:
+		return shylock.Lease{}, fmt.Errorf("mongo: acquire %q: %w: the attempt reached the server after its deadline (%s), and the server refused it",
+			req.Name, shylock.ErrUnavailable, deadline.UTC().Format(time.RFC3339Nano))
+	case rec.Owner != req.Owner:
 		return shylock.Lease{}, held(req.Name, rec)
 	}
 	// The server stamped expiresAt after this request was sent, so the lease lasts at least
@@ -79,23 +87,54 @@ func (b *Backend) acquireServerNow(ctx context.Context, req shylock.AcquireReque
 	return shylock.Lease{Token: uint64(rec.Token), ExpiresAt: rec.ExpiresAt, Valid: req.TTL - b.offset}, nil
 }
 
+// attemptDeadline is the server time after which an acquire attempt sent now must not take
+// effect: its context's deadline, at most shylock.AttemptTimeout away, by the high end of the
+// estimate of the server's clock, plus the clock offset, so that no server judges an attempt
+// late that reached it in time. Abandon waits for the latest deadline of an owner before its
+// last release.
+func (b *Backend) attemptDeadline(ctx context.Context, owner string) (time.Time, error) {
+	_, hi, err := b.server.clock.Bounds(ctx)
+	if err != nil {
+		return time.Time{}, err
+	}
+	window := shylock.AttemptTimeout
+	if d, ok := ctx.Deadline(); ok {
+		window = max(min(window, time.Until(d)), 0)
+	}
+	// Rounded up to the milliseconds BSON dates hold.
+	deadline := hi.Add(window + b.offset + time.Millisecond).Truncate(time.Millisecond)
+	b.inflight.note(owner, deadline)
+	return deadline, nil
+}
+
 // upsert sends the server-clock acquire and returns the record as it left it.
-func (b *Backend) upsert(ctx context.Context, req shylock.AcquireRequest) (record, error) {
+func (b *Backend) upsert(ctx context.Context, req shylock.AcquireRequest, deadline time.Time) (record, error) {
 	var (
 		rec record
 		err error
 	)
 	for range 3 {
 		rec = record{}
-		err = b.coll.FindOneAndUpdate(ctx, byName(req.Name), acquireUpdate(req.Owner, req.Label, req.TTL, b.offset),
+		err = b.coll.FindOneAndUpdate(ctx, byName(req.Name), acquireUpdate(req.Owner, req.Label, req.TTL, b.offset, deadline),
 			options.FindOneAndUpdate().SetUpsert(true).SetReturnDocument(options.After)).Decode(&rec)
-		if !upsertRace(err) {
+		if err == nil {
 			break
 		}
-		// Another client inserted the record first and nothing was applied: look again.
+		if !upsertRace(err) {
+			return rec, opError("acquire", req.Name, err, false)
+		}
+		// Another client inserted the record first, and nothing was applied. Read it before
+		// contending again: where such races cost a deadlock timeout (FerretDB over
+		// PostgreSQL), a loser learns at once that the lock is held.
+		if cur, live, rerr := b.readLive(ctx, req.Name); rerr != nil {
+			return rec, fmt.Errorf("mongo: acquire %q: %w: a concurrent acquire got in the way (%w), and reading the record failed: %w",
+				req.Name, shylock.ErrUnavailable, err, rerr)
+		} else if live && cur.Owner != req.Owner {
+			return cur, nil
+		}
 	}
 	if err != nil {
-		return rec, opError("acquire", req.Name, err)
+		return rec, fmt.Errorf("mongo: acquire %q: %w: concurrent acquires kept getting in the way: %w", req.Name, shylock.ErrUnavailable, err)
 	}
 	if rec.Owner == req.Owner && rec.CreatedAt.Equal(rec.AcquiredAt) {
 		// This holding may have created the record, and maybe the collection with it: make
@@ -105,6 +144,22 @@ func (b *Backend) upsert(ctx context.Context, req shylock.AcquireRequest) (recor
 		}
 	}
 	return rec, nil
+}
+
+// readLive reads name's record and reports whether it is held by a lease that has not expired
+// by the server's clock, whichever server judges it.
+func (b *Backend) readLive(ctx context.Context, name string) (record, bool, error) {
+	var rec record
+	err := b.coll.FindOne(ctx, byName(name)).Decode(&rec)
+	if errors.Is(err, mongo.ErrNoDocuments) {
+		return rec, false, nil
+	}
+	if err != nil {
+		return rec, false, err
+	}
+	_, hi, err := b.server.clock.Bounds(ctx)
+	rec.State = "" // a late attempt's mark says nothing about this read
+	return rec, err == nil && rec.Owner != "" && rec.ExpiresAt.Add(b.offset).After(hi), err
 }
 
 // undoCreation removes a record that an acquire created when the unique index on name could
@@ -128,12 +183,19 @@ func (b *Backend) undoCreation(ctx context.Context, req shylock.AcquireRequest, 
 // only a new name (or one whose record was deleted) starts from the server's clock in
 // microseconds.
 func (b *Backend) acquireEstimated(ctx context.Context, req shylock.AcquireRequest) (shylock.Lease, error) {
+	claimed := false // a claim of this attempt's may be on the server: it changed something
+	unread := func(err error) error {
+		if claimed {
+			return opError("acquire", req.Name, err, true)
+		}
+		return fmt.Errorf("mongo: acquire %q: %w: %w", req.Name, shylock.ErrUnavailable, err)
+	}
 	for range 3 {
 		var cur record
 		err := b.coll.FindOne(ctx, byName(req.Name)).Decode(&cur)
 		lo, hi, berr := b.server.clock.Bounds(ctx)
 		if berr != nil {
-			return shylock.Lease{}, berr
+			return shylock.Lease{}, unread(berr)
 		}
 		exp := lo.Add(req.TTL).Truncate(time.Millisecond) // BSON dates hold milliseconds
 		valid := exp.Sub(hi) - b.offset                   // ends before the earliest moment others may see it expired
@@ -151,14 +213,14 @@ func (b *Backend) acquireEstimated(ctx context.Context, req shylock.AcquireReque
 				continue // another client created it first; look again
 			}
 			if err != nil {
-				return shylock.Lease{}, opError("acquire", req.Name, err)
+				return shylock.Lease{}, opError("acquire", req.Name, err, claimed)
 			}
 			if err := b.ensureUnique(ctx); err != nil { // see upsert
 				return shylock.Lease{}, b.undoCreation(ctx, req, err)
 			}
 			return shylock.Lease{Token: uint64(tok), ExpiresAt: exp, Valid: valid}, nil
 		case err != nil:
-			return shylock.Lease{}, opError("acquire", req.Name, err)
+			return shylock.Lease{}, unread(err)
 		case cur.Owner == req.Owner && cur.ExpiresAt.After(hi):
 			// An earlier attempt of this owner was applied (its reply was lost), or the holder
 			// takes its lock again to change its label.
@@ -166,7 +228,7 @@ func (b *Backend) acquireEstimated(ctx context.Context, req shylock.AcquireReque
 				_, err := b.coll.UpdateOne(ctx, bson.D{{Key: "_id", Value: cur.ID}, {Key: "owner", Value: req.Owner}, {Key: "token", Value: cur.Token}},
 					bson.D{{Key: "$set", Value: bson.D{{Key: "label", Value: req.Label}}}})
 				if err != nil {
-					return shylock.Lease{}, opError("acquire", req.Name, err)
+					return shylock.Lease{}, opError("acquire", req.Name, err, true)
 				}
 			}
 			return shylock.Lease{Token: uint64(cur.Token), ExpiresAt: cur.ExpiresAt, Valid: cur.ExpiresAt.Sub(hi) - b.offset}, nil
@@ -174,24 +236,25 @@ func (b *Backend) acquireEstimated(ctx context.Context, req shylock.AcquireReque
 			return shylock.Lease{}, held(req.Name, cur)
 		}
 		next := cur.Token + 1
-		won, err := b.claim(ctx, req, next, lo, exp)
+		won, err := b.claim(ctx, req, next, lo, exp, claimed)
 		if err != nil {
 			return shylock.Lease{}, err
 		}
 		if !won {
 			return shylock.Lease{}, fmt.Errorf("%w: %q is being taken over by another client", shylock.ErrLocked, req.Name)
 		}
+		claimed = true
 		res, err := b.coll.UpdateOne(ctx, bson.D{{Key: "_id", Value: cur.ID}, {Key: "token", Value: cur.Token}},
 			bson.D{{Key: "$set", Value: bson.D{{Key: "owner", Value: req.Owner}, {Key: "label", Value: req.Label},
 				{Key: "token", Value: next}, {Key: "acquiredAt", Value: now}, {Key: "renewedAt", Value: now},
 				{Key: "expiresAt", Value: exp}}}})
 		if err != nil {
-			return shylock.Lease{}, opError("acquire", req.Name, err)
+			return shylock.Lease{}, opError("acquire", req.Name, err, true)
 		}
 		if res.MatchedCount == 0 {
 			continue // deleted behind our back; look again
 		}
-		if next%sweepEvery == 0 {
+		if next/sweepEvery != cur.Token/sweepEvery {
 			// Claims below the record's token have served: nobody can use one any more.
 			_, _ = b.coll.DeleteMany(ctx, bson.D{{Key: "name", Value: claimRange(req.Name)}, {Key: "token", Value: bson.D{{Key: "$lt", Value: next}}}})
 		}
@@ -209,13 +272,14 @@ func claimRange(name string) bson.D {
 	return bson.D{{Key: "$gt", Value: "\x00" + name + "\x00"}, {Key: "$lt", Value: "\x00" + name + "\x01"}}
 }
 
-// sweepEvery is how many takeovers of a name pass between deletions of its spent claims: one
+// sweepEvery is how many tokens of a name pass between deletions of its spent claims: one
 // DeleteMany now and then costs less than a DeleteOne per takeover.
 const sweepEvery = 16
 
 // claim inserts the claim for token next of req.Name and reports whether this client won it. A
 // claim left by a client that died before using it expires with the lease it was for.
-func (b *Backend) claim(ctx context.Context, req shylock.AcquireRequest, next int64, lo, exp time.Time) (bool, error) {
+// claimedBefore says whether an earlier claim of the attempt may be on the server.
+func (b *Backend) claim(ctx context.Context, req shylock.AcquireRequest, next int64, lo, exp time.Time, claimedBefore bool) (bool, error) {
 	name := claimName(req.Name, next)
 	for range 2 {
 		_, err := b.coll.InsertOne(ctx, bson.D{{Key: "name", Value: name}, {Key: "owner", Value: req.Owner},
@@ -224,7 +288,7 @@ func (b *Backend) claim(ctx context.Context, req shylock.AcquireRequest, next in
 			return true, nil
 		}
 		if !mongo.IsDuplicateKeyError(err) {
-			return false, opError("acquire", req.Name, err)
+			return false, opError("acquire", req.Name, err, claimedBefore)
 		}
 		var c record
 		if err := b.coll.FindOne(ctx, byName(name)).Decode(&c); err != nil {

@@ -66,7 +66,7 @@ func (b *Backend) Inspect(ctx context.Context, name string) (shylock.Info, error
 	case errors.Is(err, mongo.ErrNoDocuments):
 		return shylock.Info{Name: name}, nil
 	case err != nil:
-		return shylock.Info{}, opError("inspect", name, err)
+		return shylock.Info{}, opError("inspect", name, err, false)
 	}
 	return rec.info(lo), nil
 }
@@ -122,7 +122,7 @@ func (b *Backend) ForceRelease(ctx context.Context, name string) (shylock.Info, 
 	case errors.Is(err, mongo.ErrNoDocuments):
 		return shylock.Info{Name: name}, fmt.Errorf("%w: nobody holds %q", shylock.ErrNotHeld, name)
 	case err != nil:
-		return shylock.Info{}, opError("force-release", name, err)
+		return shylock.Info{}, opError("force-release", name, err, false)
 	}
 	b.hub.Notify(name)
 	b.publish(ctx, name)

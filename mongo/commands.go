@@ -15,47 +15,54 @@ import (
 
 func lit(v any) bson.D { return bson.D{{Key: "$literal", Value: v}} }
 
-// state is a field that lives only inside one acquire's pipeline: "mine" when the record
-// already belongs to the requesting owner (an earlier attempt whose reply was lost), "take"
-// when it is free or expired by more than the clock offset, "held" otherwise.
+// state is a field that lives only inside one acquire's pipeline: "late" when the attempt reached
+// the server after its deadline, "mine" when the record already belongs to the requesting owner
+// (an earlier attempt whose reply was lost), "take" when it is free or expired by more than the
+// clock offset, "held" otherwise. Only "late" is stored, so that the reply can say so; the next
+// acquire removes it.
 const state = "_shylockState"
+
+const stateLate = "late"
 
 func byName(name string) bson.D { return bson.D{{Key: "name", Value: name}} }
 
-// acquireUpdate is the pipeline of an acquire by owner for ttl. A new record arrives as
-// {_id, name} and is taken; its token starts from the server's time in microseconds, and each
-// later holding takes the greater of that and the last token plus one. createdAt, set once,
-// equals acquiredAt only in the holding that created the record.
-func acquireUpdate(owner, label string, ttl, offset time.Duration) mongo.Pipeline {
+// acquireUpdate is the pipeline of an acquire by owner for ttl that must not take effect after
+// deadline by the server's clock. A new record arrives as {_id, name} and is taken; its token
+// starts from the server's time in microseconds, and each later holding takes the greater of
+// that and the last token plus one. createdAt, set once, equals acquiredAt only in the holding
+// that created the record. A late attempt changes no field of a lock; one that created the record
+// leaves it free, expiring now, for the TTL index.
+func acquireUpdate(owner, label string, ttl, offset time.Duration, deadline time.Time) mongo.Pipeline {
 	is := func(s string) bson.D { return bson.D{{Key: "$eq", Value: bson.A{"$" + state, s}}} }
-	keepIfHeld := func(field string, v any) bson.D {
-		return bson.D{{Key: "$cond", Value: bson.A{is("held"), "$" + field, v}}}
-	}
-	free := bson.D{{Key: "$eq", Value: bson.A{bson.D{{Key: "$ifNull", Value: bson.A{"$owner", ""}}}, ""}}}
+	acting := bson.D{{Key: "$in", Value: bson.A{"$" + state, bson.A{"mine", "take"}}}}
+	ifActing := func(v, otherwise any) bson.D { return bson.D{{Key: "$cond", Value: bson.A{acting, v, otherwise}}} }
+	ifNull := func(field string, v any) bson.D { return bson.D{{Key: "$ifNull", Value: bson.A{"$" + field, v}}} }
+	free := bson.D{{Key: "$eq", Value: bson.A{ifNull("owner", ""), ""}}}
 	expired := bson.D{{Key: "$lt", Value: bson.A{
 		bson.D{{Key: "$add", Value: bson.A{"$expiresAt", offset.Milliseconds()}}}, "$$NOW"}}}
 	nextToken := bson.D{{Key: "$max", Value: bson.A{
-		bson.D{{Key: "$add", Value: bson.A{bson.D{{Key: "$ifNull", Value: bson.A{"$token", int64(0)}}}, int64(1)}}},
+		bson.D{{Key: "$add", Value: bson.A{ifNull("token", int64(0)), int64(1)}}},
 		bson.D{{Key: "$multiply", Value: bson.A{bson.D{{Key: "$toLong", Value: "$$NOW"}}, int64(1000)}}},
 	}}}
 	return mongo.Pipeline{
 		{{Key: "$set", Value: bson.D{{Key: state, Value: bson.D{{Key: "$switch", Value: bson.D{
 			{Key: "branches", Value: bson.A{
+				bson.D{{Key: "case", Value: bson.D{{Key: "$gt", Value: bson.A{"$$NOW", lit(deadline)}}}}, {Key: "then", Value: stateLate}},
 				bson.D{{Key: "case", Value: bson.D{{Key: "$eq", Value: bson.A{"$owner", lit(owner)}}}}, {Key: "then", Value: "mine"}},
 				bson.D{{Key: "case", Value: bson.D{{Key: "$or", Value: bson.A{free, expired}}}}, {Key: "then", Value: "take"}},
 			}},
 			{Key: "default", Value: "held"},
 		}}}}}}},
 		{{Key: "$set", Value: bson.D{
-			{Key: "owner", Value: keepIfHeld("owner", lit(owner))},
-			{Key: "label", Value: keepIfHeld("label", lit(label))},
+			{Key: "owner", Value: ifActing(lit(owner), ifNull("owner", ""))},
+			{Key: "label", Value: ifActing(lit(label), "$label")},
 			{Key: "token", Value: bson.D{{Key: "$cond", Value: bson.A{is("take"), nextToken, "$token"}}}},
 			{Key: "acquiredAt", Value: bson.D{{Key: "$cond", Value: bson.A{is("take"), "$$NOW", "$acquiredAt"}}}},
-			{Key: "renewedAt", Value: keepIfHeld("renewedAt", "$$NOW")},
-			{Key: "expiresAt", Value: keepIfHeld("expiresAt", bson.D{{Key: "$add", Value: bson.A{"$$NOW", ttl.Milliseconds()}}})},
-			{Key: "createdAt", Value: bson.D{{Key: "$ifNull", Value: bson.A{"$createdAt", "$$NOW"}}}},
+			{Key: "renewedAt", Value: ifActing("$$NOW", "$renewedAt")},
+			{Key: "expiresAt", Value: ifActing(bson.D{{Key: "$add", Value: bson.A{"$$NOW", ttl.Milliseconds()}}}, ifNull("expiresAt", "$$NOW"))},
+			{Key: "createdAt", Value: ifNull("createdAt", "$$NOW")},
 		}}},
-		{{Key: "$unset", Value: state}},
+		{{Key: "$set", Value: bson.D{{Key: state, Value: bson.D{{Key: "$cond", Value: bson.A{is(stateLate), stateLate, "$$REMOVE"}}}}}}},
 	}
 }
 

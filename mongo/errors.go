@@ -3,8 +3,11 @@ package mongo
 import (
 	"errors"
 	"fmt"
+	"strings"
 
 	"go.mongodb.org/mongo-driver/v2/mongo"
+	"go.mongodb.org/mongo-driver/v2/x/mongo/driver"
+	drivertopology "go.mongodb.org/mongo-driver/v2/x/mongo/driver/topology"
 
 	"github.com/shylock-go/shylock"
 )
@@ -95,10 +98,41 @@ func upsertRace(err error) bool {
 		se.HasErrorMessage("deadlock detected"))
 }
 
-// opError describes a failed operation on name, marking the failures no retry can cure.
-func opError(op, name string, err error) error {
-	if refusal(err) {
+// notSent reports whether err says that the command never left the process: no server could be
+// selected, no connection could be made or had, or the deadline was too close to send it. The
+// driver returns such an error only for its first try of a command (after a retry it returns the
+// first try's error), so none of them can hide a command that was sent.
+func notSent(err error) bool {
+	var (
+		selection drivertopology.ServerSelectionError
+		wait      drivertopology.WaitQueueTimeoutError
+		conn      drivertopology.ConnectionError
+	)
+	switch {
+	case errors.As(err, &selection), errors.As(err, &wait),
+		errors.Is(err, drivertopology.ErrPoolClosed), errors.Is(err, drivertopology.ErrServerClosed),
+		errors.Is(err, driver.ErrDeadlineWouldBeExceeded):
+		return true
+	case errors.As(err, &conn):
+		// Dialling or the handshake failed: the connection never carried a command of ours.
+		// The driver marks this only in the error's text.
+		msg := conn.Error()
+		return strings.Contains(msg, "error occurred during connection handshake") || strings.Contains(msg, "failed to connect to")
+	}
+	return false
+}
+
+// opError describes a failed operation on name, marking the failures no retry can cure, those
+// of a closed client, and, if nothing the operation sent before could have changed anything
+// (sentBefore false), a command that surely never left.
+func opError(op, name string, err error, sentBefore bool) error {
+	switch {
+	case refusal(err):
 		return fmt.Errorf("mongo: %s %q: %w: %w", op, name, shylock.ErrRefused, err)
+	case errors.Is(err, mongo.ErrClientDisconnected):
+		return fmt.Errorf("mongo: %s %q: %w: the database client was disconnected: %w", op, name, shylock.ErrClosed, err)
+	case !sentBefore && notSent(err):
+		return fmt.Errorf("mongo: %s %q: %w: %w", op, name, shylock.ErrUnavailable, err)
 	}
 	return fmt.Errorf("mongo: %s %q: %w", op, name, err)
 }

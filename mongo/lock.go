@@ -64,7 +64,7 @@ func (b *Backend) Extend(ctx context.Context, name, owner string, token uint64, 
 	case errors.Is(err, mongo.ErrNoDocuments):
 		return shylock.Lease{}, notHeld(name)
 	case err != nil:
-		return shylock.Lease{}, opError("extend", name, err)
+		return shylock.Lease{}, opError("extend", name, err, false)
 	}
 	return shylock.Lease{Token: token, ExpiresAt: rec.ExpiresAt, Valid: valid}, nil
 }
@@ -81,21 +81,85 @@ func (b *Backend) Release(ctx context.Context, name, owner string, token uint64)
 	if b.readOnly {
 		return b.refuseWrite("release", name)
 	}
-	if token == 0 && !b.serverNow {
-		// Cleaning up after an attempt of unknown outcome: it may have left a claim.
-		_, err := b.coll.DeleteMany(ctx, bson.D{{Key: "owner", Value: owner}, {Key: "name", Value: claimRange(name)}})
-		if err != nil {
-			return opError("release", name, err)
-		}
+	var err error
+	if b.serverNow {
+		err = b.releaseServerNow(ctx, name, owner, token)
+	} else {
+		err = b.releaseEstimated(ctx, name, owner, token)
 	}
-	res, err := b.coll.UpdateOne(ctx, releaseFilter(name, owner, token), freeUpdate)
-	switch {
-	case err != nil:
-		return opError("release", name, err)
-	case res.MatchedCount == 0:
-		return notHeld(name)
+	if err != nil {
+		return err
 	}
 	b.hub.Notify(name)
 	b.publish(ctx, name)
+	return nil
+}
+
+func (b *Backend) releaseServerNow(ctx context.Context, name, owner string, token uint64) error {
+	res, err := b.coll.UpdateOne(ctx, releaseFilter(name, owner, token), freeUpdate)
+	switch {
+	case err != nil:
+		return opError("release", name, err, false)
+	case res.MatchedCount == 0:
+		return notHeld(name)
+	}
+	return nil
+}
+
+// releaseClaimFor is how long the claim a release makes on servers without pipeline updates
+// keeps takeovers off: a release whose update reaches the server later than that after its
+// claim could still free a takeover's holding.
+const releaseClaimFor = 2 * shylock.AttemptTimeout
+
+// releaseEstimated frees owner's record on servers that rewrite a matched record without
+// checking the filter again: a plain update there could free a takeover that happened between
+// its read and its write, and the next taker would repeat the new holder's token. So a release
+// first claims the next token, as a takeover does, and frees the record with that token: no
+// takeover can come between, and a takeover already under way owns the claim and makes the
+// release find nothing. Releasing costs a token; the sequence still only grows.
+func (b *Backend) releaseEstimated(ctx context.Context, name, owner string, token uint64) error {
+	if token == 0 {
+		// Clean-up after an attempt of unknown outcome: it may have left a claim, and its
+		// token, if it took the lock, is on the record.
+		if _, err := b.coll.DeleteMany(ctx, bson.D{{Key: "owner", Value: owner}, {Key: "name", Value: claimRange(name)}}); err != nil {
+			return opError("release", name, err, false)
+		}
+		var cur record
+		switch err := b.coll.FindOne(ctx, releaseFilter(name, owner, 0)).Decode(&cur); {
+		case errors.Is(err, mongo.ErrNoDocuments):
+			return notHeld(name)
+		case err != nil:
+			return fmt.Errorf("mongo: release %q: %w: %w", name, shylock.ErrUnavailable, err)
+		}
+		token = uint64(cur.Token)
+	}
+	_, hi, err := b.server.clock.Bounds(ctx)
+	if err != nil {
+		return fmt.Errorf("mongo: release %q: %w: %w", name, shylock.ErrUnavailable, err)
+	}
+	next := int64(token) + 1
+	claim := claimName(name, next)
+	_, err = b.coll.InsertOne(ctx, bson.D{{Key: "name", Value: claim}, {Key: "owner", Value: owner},
+		{Key: "token", Value: next}, {Key: "expiresAt", Value: hi.Add(releaseClaimFor)}})
+	if mongo.IsDuplicateKeyError(err) {
+		var c record
+		switch err := b.coll.FindOne(ctx, byName(claim)).Decode(&c); {
+		case err != nil && !errors.Is(err, mongo.ErrNoDocuments):
+			return fmt.Errorf("mongo: release %q: %w: %w", name, shylock.ErrUnavailable, err)
+		case c.Owner != owner:
+			return notHeld(name) // taken over, or being taken over
+		}
+		// An earlier release of this holding, whose reply was lost, claimed it.
+	} else if err != nil {
+		return opError("release", name, err, false)
+	}
+	res, err := b.coll.UpdateOne(ctx, releaseFilter(name, owner, token),
+		bson.D{{Key: "$set", Value: bson.D{{Key: "owner", Value: ""}, {Key: "token", Value: next}}}})
+	switch {
+	case err != nil:
+		return opError("release", name, err, true)
+	case res.MatchedCount == 0:
+		return notHeld(name)
+	}
 	return nil
 }

@@ -46,6 +46,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.mongodb.org/mongo-driver/v2/bson"
@@ -55,6 +56,7 @@ import (
 	"go.mongodb.org/mongo-driver/v2/mongo/writeconcern"
 
 	"github.com/shylock-go/shylock"
+	"github.com/shylock-go/shylock/internal/janitor"
 	"github.com/shylock-go/shylock/internal/ownerid"
 	"github.com/shylock-go/shylock/internal/waiter"
 )
@@ -66,6 +68,10 @@ type Backend struct {
 	log     *slog.Logger
 	server  *server
 	hub     *waiter.Hub
+	janitor *janitor.Janitor
+	closed  atomic.Bool
+
+	inflight inflight // the deadlines of server-clock acquire attempts, for Abandon
 
 	readOnly  bool          // from WithReadOnly: nothing is written
 	serverNow bool          // expiry judged by $$NOW in pipeline updates, not by the estimate
@@ -107,6 +113,7 @@ func New(ctx context.Context, coll *mongo.Collection, opts ...Option) (*Backend,
 		coll:      coll,
 		streams:   coll.Clone(options.Collection().SetReadConcern(readconcern.Majority())),
 		log:       s.log,
+		janitor:   janitor.New(s.log),
 		grace:     s.grace.Round(time.Second),
 		noStreams: !s.streams,
 	}
@@ -162,9 +169,13 @@ func (b *Backend) refuseWrite(op, name string) error {
 	return fmt.Errorf("mongo: %s %q: %w: the backend was opened with WithReadOnly", op, name, shylock.ErrRefused)
 }
 
-// Close stops the change stream and every waiter's poller. Locks stay in the database.
+// Close stops the change stream, every waiter's poller and the background releases (see
+// Abandon); waiting acquires then return an error matching shylock.ErrClosed, as does every later
+// acquire. Locks stay in the database.
 func (b *Backend) Close() {
+	b.closed.Store(true)
 	b.hub.Close()
+	b.janitor.Close()
 	b.streamOnce.Do(func() {}) // no stream may start after Close
 	if b.streamStop != nil {
 		b.streamStop()
@@ -192,7 +203,11 @@ const probeName = "\x00shylock-probe"
 // any other failure fails New, as does a reply that is not the record such an acquire leaves.
 func (b *Backend) detect(ctx context.Context) (bool, error) {
 	req := shylock.AcquireRequest{Name: probeName, Owner: ownerid.New(), Label: probeLabel, TTL: shylock.MinTTL}
-	rec, err := b.upsert(ctx, req)
+	deadline, err := b.attemptDeadline(ctx, req.Owner)
+	if err != nil {
+		return false, fmt.Errorf("mongo: New: %w", err)
+	}
+	rec, err := b.upsert(ctx, req, deadline)
 	switch {
 	case lacksFeature(err):
 		b.log.Debug("shylock/mongo: the server has no aggregation-pipeline updates with $$NOW; expiry is judged with an estimate of its clock",

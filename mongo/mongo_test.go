@@ -3,6 +3,8 @@ package mongo
 import (
 	"context"
 	"errors"
+	"fmt"
+	"io"
 	"strings"
 	"testing"
 	"time"
@@ -10,6 +12,8 @@ import (
 	"go.mongodb.org/mongo-driver/v2/bson"
 	"go.mongodb.org/mongo-driver/v2/mongo"
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
+	"go.mongodb.org/mongo-driver/v2/x/mongo/driver"
+	drivertopology "go.mongodb.org/mongo-driver/v2/x/mongo/driver/topology"
 
 	"github.com/shylock-go/shylock"
 	"github.com/shylock-go/shylock/shylocktest"
@@ -145,7 +149,7 @@ func TestErrorClassification(t *testing.T) {
 		if got := noChangeStreams(c.err); got != c.cs {
 			t.Errorf("%s: noChangeStreams = %v, want %v", c.what, got, c.cs)
 		}
-		if got := errors.Is(opError("acquire", "n", c.err), shylock.ErrRefused); got != c.refused {
+		if got := errors.Is(opError("acquire", "n", c.err, false), shylock.ErrRefused); got != c.refused {
 			t.Errorf("%s: opError matches ErrRefused = %v, want %v", c.what, got, c.refused)
 		}
 	}
@@ -159,13 +163,45 @@ func TestErrorClassification(t *testing.T) {
 	}
 }
 
+// TestNotSentErrors: only errors that prove a command never left the process make it
+// ErrUnavailable, and only when nothing sent before it could have changed anything; a
+// disconnected client is ErrClosed, which no retry cures.
+func TestNotSentErrors(t *testing.T) {
+	for _, c := range []struct {
+		what    string
+		err     error
+		notSent bool
+	}{
+		{"server selection", drivertopology.ServerSelectionError{Wrapped: context.DeadlineExceeded}, true},
+		{"wait queue", drivertopology.WaitQueueTimeoutError{Wrapped: context.DeadlineExceeded}, true},
+		{"pool closed", drivertopology.ErrPoolClosed, true},
+		{"deadline too close", fmt.Errorf("x: %w", driver.ErrDeadlineWouldBeExceeded), true},
+		{"reply lost", drivertopology.ConnectionError{ConnectionID: "c", Wrapped: io.EOF}, false},
+		{"timed out reading", context.DeadlineExceeded, false},
+		{"command error", mongo.CommandError{Code: 11600, Message: "interrupted"}, false},
+	} {
+		if got := notSent(c.err); got != c.notSent {
+			t.Errorf("%s: notSent = %v, want %v", c.what, got, c.notSent)
+		}
+		if got := errors.Is(opError("acquire", "n", c.err, false), shylock.ErrUnavailable); got != c.notSent {
+			t.Errorf("%s: opError matches ErrUnavailable = %v, want %v", c.what, got, c.notSent)
+		}
+		if errors.Is(opError("acquire", "n", c.err, true), shylock.ErrUnavailable) {
+			t.Errorf("%s: matches ErrUnavailable although an earlier write of the operation may have applied", c.what)
+		}
+	}
+	if err := opError("acquire", "n", mongo.ErrClientDisconnected, false); !errors.Is(err, shylock.ErrClosed) || errors.Is(err, shylock.ErrUnavailable) {
+		t.Errorf("a disconnected client gives %v; want ErrClosed alone", err)
+	}
+}
+
 // TestAcquireShape: the acquire's filter names the record alone (MongoDB refuses $expr in the
 // filter of an upsert), and a caller's strings reach its pipeline only inside $literal.
 func TestAcquireShape(t *testing.T) {
 	if f := byName("$where"); len(f) != 1 || f[0].Key != "name" || f[0].Value != "$where" {
 		t.Fatalf("acquire filter %v; want {name: ...} alone", f)
 	}
-	raw, err := bson.Marshal(bson.D{{Key: "u", Value: acquireUpdate("OWNER", "$$LABEL", time.Second, 0)}})
+	raw, err := bson.Marshal(bson.D{{Key: "u", Value: acquireUpdate("OWNER", "$$LABEL", time.Second, 0, time.Now())}})
 	if err != nil {
 		t.Fatal(err)
 	}

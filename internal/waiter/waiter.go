@@ -28,8 +28,9 @@ type Probe func(ctx context.Context, name string) (held bool, remaining time.Dur
 
 // PushedPoll is how far apart a poller looks, at the least, while every release reaches the
 // waiters by Notify (a change stream or release events are running, or every release happens in
-// the process): the holder's expiry, which the poller wakes at anyway, and a lost notification
-// are all it looks for. Idle waiters then cost the server one probe per name per PushedPoll.
+// the process) and the last probe found the lock held: the holder's expiry, which the poller
+// wakes at anyway, and a lost notification are all it looks for. Idle waiters then cost the
+// server one probe per name per PushedPoll.
 const PushedPoll = 10 * time.Second
 
 // probeTimeout bounds one probe, so a hung server cannot stall a poller forever.
@@ -197,8 +198,11 @@ func (h *Hub) poll(name string, g *group) {
 			hint = max(remaining, time.Millisecond)
 		}
 		delay = bo.Next()
-		if h.pushed.Load() {
-			delay = max(maxPoll, PushedPoll) // releases arrive by Notify; only expiry needs a poll
+		if h.pushed.Load() && err == nil && held {
+			// Releases arrive by Notify; only the expiry needs a poll. Not so after a probe
+			// found the lock free: the woken waiter may lose it to another client, whose
+			// expiry the next probe must learn soon.
+			delay = max(maxPoll, PushedPoll)
 		}
 		if hint > 0 && hint < delay {
 			delay = hint

@@ -171,3 +171,29 @@ func TestPollsAgainWhenPushingStops(t *testing.T) {
 		t.Fatal("the waiter was not woken by polling within a second after the pushing stopped")
 	}
 }
+
+// TestPushedPollerLooksAgainAfterFree: while releases are pushed, a probe that found the lock
+// free is followed soon by another, not PushedPoll later: the woken waiter may have lost the lock
+// to another client, and that holder's expiry must wake the waiter within a poll of it.
+func TestPushedPollerLooksAgainAfterFree(t *testing.T) {
+	p := &probeCounter{} // free at first
+	h := New(p.probe)
+	defer h.Close()
+	h.SetPushed(true)
+	s := h.Subscribe("x", 5*time.Millisecond, 20*time.Millisecond)
+	defer s.Close()
+	if !received(s.C(), time.Second) {
+		t.Fatal("a probe that found the lock free woke nobody")
+	}
+	// Another client takes it for 200ms before the woken waiter's attempt, then dies.
+	p.remaining.Store(int64(200 * time.Millisecond))
+	p.held.Store(true)
+	start := time.Now()
+	time.AfterFunc(200*time.Millisecond, func() { p.held.Store(false) })
+	if !received(s.C(), 5*time.Second) {
+		t.Fatal("the waiter was not woken at the new holder's expiry")
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("woken %v after a 200ms lease began; want its expiry plus one poll", d)
+	}
+}
