@@ -234,7 +234,7 @@ func TestMongoAmbiguousWrites(t *testing.T) {
 }
 
 // mongoURIHost returns host:port of the test server.
-func mongoURIHost(t *testing.T) string {
+func mongoURIHost(t testing.TB) string {
 	t.Helper()
 	cs, err := connstringHost(mongoURI)
 	if err != nil {

@@ -51,6 +51,9 @@ func (b *Backend) Acquire(ctx context.Context, req shylock.AcquireRequest) (shyl
 	if b.readOnly {
 		return shylock.Lease{}, b.refuseWrite("acquire", req.Name)
 	}
+	if b.closed.Load() {
+		return shylock.Lease{}, errClosed
+	}
 	if req.TTL <= b.offset {
 		return shylock.Lease{}, fmt.Errorf("%w: %v is not longer than the maximum clock offset %v between the servers, so no holder could trust it; "+
 			"use a longer TTL or set mongo.WithMaxClockOffset", shylock.ErrInvalidTTL, req.TTL, b.offset)
@@ -70,7 +73,7 @@ func held(name string, rec record) error {
 func (b *Backend) acquireServerNow(ctx context.Context, req shylock.AcquireRequest) (shylock.Lease, error) {
 	deadline, err := b.attemptDeadline(ctx, req.Owner)
 	if err != nil {
-		return shylock.Lease{}, fmt.Errorf("mongo: acquire %q: %w: %w", req.Name, shylock.ErrUnavailable, err)
+		return shylock.Lease{}, unapplied("acquire", req.Name, err)
 	}
 	rec, err := b.upsert(ctx, req, deadline)
 	switch {
@@ -127,14 +130,13 @@ func (b *Backend) upsert(ctx context.Context, req shylock.AcquireRequest, deadli
 		// contending again: where such races cost a deadlock timeout (FerretDB over
 		// PostgreSQL), a loser learns at once that the lock is held.
 		if cur, live, rerr := b.readLive(ctx, req.Name); rerr != nil {
-			return rec, fmt.Errorf("mongo: acquire %q: %w: a concurrent acquire got in the way (%w), and reading the record failed: %w",
-				req.Name, shylock.ErrUnavailable, err, rerr)
+			return rec, unapplied("acquire", req.Name, fmt.Errorf("a concurrent acquire got in the way (%w), and reading the record failed: %w", err, rerr))
 		} else if live && cur.Owner != req.Owner {
 			return cur, nil
 		}
 	}
 	if err != nil {
-		return rec, fmt.Errorf("mongo: acquire %q: %w: concurrent acquires kept getting in the way: %w", req.Name, shylock.ErrUnavailable, err)
+		return rec, unapplied("acquire", req.Name, fmt.Errorf("concurrent acquires kept getting in the way: %w", err))
 	}
 	if rec.Owner == req.Owner && rec.CreatedAt.Equal(rec.AcquiredAt) {
 		// This holding may have created the record, and maybe the collection with it: make
@@ -188,7 +190,7 @@ func (b *Backend) acquireEstimated(ctx context.Context, req shylock.AcquireReque
 		if claimed {
 			return opError("acquire", req.Name, err, true)
 		}
-		return fmt.Errorf("mongo: acquire %q: %w: %w", req.Name, shylock.ErrUnavailable, err)
+		return unapplied("acquire", req.Name, err)
 	}
 	for range 3 {
 		var cur record

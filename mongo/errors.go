@@ -122,6 +122,17 @@ func notSent(err error) bool {
 	return false
 }
 
+// unapplied describes a failure of op on name that surely changed nothing: a read before any
+// write, or a write the server refused unapplied.
+func unapplied(op, name string, err error) error {
+	if errors.Is(err, mongo.ErrClientDisconnected) {
+		return fmt.Errorf("mongo: %s %q: %w: the database client was disconnected: %w", op, name, shylock.ErrClosed, err)
+	}
+	return fmt.Errorf("mongo: %s %q: %w: %w", op, name, shylock.ErrUnavailable, err)
+}
+
+var errClosed = fmt.Errorf("mongo: %w", shylock.ErrClosed)
+
 // opError describes a failed operation on name, marking the failures no retry can cure, those
 // of a closed client, and, if nothing the operation sent before could have changed anything
 // (sentBefore false), a command that surely never left.
@@ -132,7 +143,7 @@ func opError(op, name string, err error, sentBefore bool) error {
 	case errors.Is(err, mongo.ErrClientDisconnected):
 		return fmt.Errorf("mongo: %s %q: %w: the database client was disconnected: %w", op, name, shylock.ErrClosed, err)
 	case !sentBefore && notSent(err):
-		return fmt.Errorf("mongo: %s %q: %w: %w", op, name, shylock.ErrUnavailable, err)
+		return unapplied(op, name, err)
 	}
 	return fmt.Errorf("mongo: %s %q: %w", op, name, err)
 }

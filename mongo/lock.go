@@ -129,13 +129,13 @@ func (b *Backend) releaseEstimated(ctx context.Context, name, owner string, toke
 		case errors.Is(err, mongo.ErrNoDocuments):
 			return notHeld(name)
 		case err != nil:
-			return fmt.Errorf("mongo: release %q: %w: %w", name, shylock.ErrUnavailable, err)
+			return unapplied("release", name, err)
 		}
 		token = uint64(cur.Token)
 	}
 	_, hi, err := b.server.clock.Bounds(ctx)
 	if err != nil {
-		return fmt.Errorf("mongo: release %q: %w: %w", name, shylock.ErrUnavailable, err)
+		return unapplied("release", name, err)
 	}
 	next := int64(token) + 1
 	claim := claimName(name, next)
@@ -145,7 +145,7 @@ func (b *Backend) releaseEstimated(ctx context.Context, name, owner string, toke
 		var c record
 		switch err := b.coll.FindOne(ctx, byName(claim)).Decode(&c); {
 		case err != nil && !errors.Is(err, mongo.ErrNoDocuments):
-			return fmt.Errorf("mongo: release %q: %w: %w", name, shylock.ErrUnavailable, err)
+			return unapplied("release", name, err)
 		case c.Owner != owner:
 			return notHeld(name) // taken over, or being taken over
 		}
