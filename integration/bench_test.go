@@ -201,3 +201,50 @@ func BenchmarkMongoWaiterLoad(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkMongoNewNameRace has 16 racers TryAcquire one new name at once, b.N times, and
+// reports how long the slowest took; every round must have exactly one winner and no error. On
+// FerretDB over PostgreSQL such races cost a deadlock timeout each time a loser contends again.
+func BenchmarkMongoNewNameRace(b *testing.B) {
+	backend := newMongo(b, collection(b))
+	const racers = 16
+	var slowest []time.Duration
+	for i := range b.N {
+		name := fmt.Sprintf("race/%d", i)
+		var (
+			wg    sync.WaitGroup
+			wins  atomic.Int32
+			mu    sync.Mutex
+			worst time.Duration
+		)
+		start := make(chan struct{})
+		for range racers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				<-start
+				t0 := time.Now()
+				ok, err := shylock.New(name, shylock.WithBackend(backend), shylock.WithTTL(time.Minute)).TryAcquire(context.Background())
+				d := time.Since(t0)
+				if err != nil {
+					b.Errorf("%s: TryAcquire = %v; a loser must get false, nil", name, err)
+				}
+				if ok {
+					wins.Add(1)
+				}
+				mu.Lock()
+				worst = max(worst, d)
+				mu.Unlock()
+			}()
+		}
+		close(start)
+		wg.Wait()
+		if w := wins.Load(); w != 1 {
+			b.Fatalf("%s: %d winners; want 1", name, w)
+		}
+		slowest = append(slowest, worst)
+	}
+	slices.Sort(slowest)
+	b.ReportMetric(float64(percentile(slowest, 50).Microseconds())/1000, "slowest-p50-ms")
+	b.ReportMetric(float64(slowest[len(slowest)-1].Microseconds())/1000, "slowest-max-ms")
+}
