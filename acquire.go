@@ -67,7 +67,8 @@ func (l *Lock) acquire(ctx context.Context, wait bool) (bool, error) {
 		poll    = backoff.New(cfg.retryMin, cfg.retryMax)
 		errBo   = backoff.New(cfg.retryMin, max(cfg.retryMax, time.Second)) // an outage is not a busy lock
 		timer   *time.Timer
-		wake    <-chan struct{}
+		sub     Subscription
+		woken   bool // the last attempt followed a value from the subscription
 		lastErr error // why the last attempt failed
 		// An attempt of unknown outcome was sent: it may have taken the lock, or may still
 		// take it if it arrives late. Another owner holding the lock now does not rule that out.
@@ -124,12 +125,17 @@ func (l *Lock) acquire(ctx context.Context, wait bool) (bool, error) {
 			}
 			return giveUp(l.errorf("acquire", err))
 		}
-		if n, ok := cfg.backend.(Notifier); ok && wake == nil {
+		if n, ok := cfg.backend.(Notifier); ok && sub == nil {
 			// Subscribed only once an attempt has failed, so an uncontended acquire costs
 			// the attempt alone. A release between that attempt and this subscription is not
 			// missed: the shared poller probes at once for a new subscriber.
-			sub := n.Subscribe(l.name, cfg.retryMin, cfg.retryMax)
+			sub = n.Subscribe(l.name, cfg.retryMin, cfg.retryMax)
 			defer sub.Close()
+		} else if sub != nil && locked && woken {
+			sub.Missed() // another owner got in first; its expiry must wake us
+		}
+		var wake <-chan struct{}
+		if sub != nil {
 			wake = sub.C()
 		}
 		// While the lock is held, wait for the shared watcher, which polls within the retry
@@ -149,8 +155,10 @@ func (l *Lock) acquire(ctx context.Context, wait bool) (bool, error) {
 			}
 			wakeup, backedOff = nil, timer.C
 		}
+		woken = false
 		select {
 		case <-wakeup:
+			woken = true
 		case <-backedOff:
 		case <-ctx.Done():
 		}

@@ -125,6 +125,10 @@ type Subscription interface {
 	// C receives a value when the lock may have become free. Values coalesce: one pending
 	// value stands for any number of changes.
 	C() <-chan struct{}
+	// Missed tells the watcher that an attempt made after a value from C found the lock held
+	// by another owner: the holder changed since the watcher last looked, and it must learn the
+	// new holder's expiry to wake the waiter no later than that plus one poll.
+	Missed()
 	// Close ends the subscription; the shared watcher stops when its last subscriber leaves.
 	Close()
 }

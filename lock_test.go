@@ -365,6 +365,28 @@ func TestDoReturnsByItsDeadline(t *testing.T) {
 	}
 }
 
+// TestDoReturnsAtOnceAfterLoss: when renewal keeps failing until the lease runs out, fn's context
+// is cancelled, and Do returns as soon as fn does, without waiting for a backend that does not
+// answer.
+func TestDoReturnsAtOnceAfterLoss(t *testing.T) {
+	f := &faulty{Backend: newMemory(t)}
+	var returned time.Time
+	start := time.Now()
+	err := shylock.Do(ctx, "x", func(fctx context.Context) error {
+		f.failExtend.Store(true)
+		f.hangRelease.Store(true)
+		<-fctx.Done()
+		returned = time.Now()
+		return context.Cause(fctx)
+	}, shylock.WithBackend(f), shylock.WithTTL(300*time.Millisecond))
+	if !errors.Is(err, shylock.ErrLost) {
+		t.Fatalf("Do = %v; want ErrLost", err)
+	}
+	if d := time.Since(returned); d > 500*time.Millisecond {
+		t.Fatalf("Do returned %v after fn (%v after it began); want at once", d, time.Since(start))
+	}
+}
+
 // TestRefusedAcquireEndsAtOnce: an error no retry can cure ends a blocking Acquire at once,
 // instead of retrying it for as long as the context lives.
 func TestRefusedAcquireEndsAtOnce(t *testing.T) {

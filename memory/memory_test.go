@@ -3,6 +3,7 @@ package memory_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -140,4 +141,52 @@ func TestClose(t *testing.T) {
 		b := memory.New()
 		return b, b.Close
 	})
+}
+
+// slowAttempts delays every acquire attempt, so that another client gets in between the wake-up
+// of a waiter and its attempt.
+type slowAttempts struct{ *memory.Backend }
+
+func (s slowAttempts) Acquire(ctx context.Context, req shylock.AcquireRequest) (shylock.Lease, error) {
+	time.Sleep(30 * time.Millisecond)
+	return s.Backend.Acquire(ctx, req)
+}
+
+// TestWaiterWakesAtNewHoldersExpiry: releases are pushed here, so a poller sleeps long between
+// probes while the lock is held. When a release wakes a waiter but another client takes the lock
+// first and then dies, the waiter must still take it at that holder's expiry plus a poll, not a
+// pushed interval (10 s) later.
+func TestWaiterWakesAtNewHoldersExpiry(t *testing.T) {
+	b := memory.New()
+	defer b.Close()
+	ctx := context.Background()
+	for trial := range 3 {
+		name := fmt.Sprintf("x%d", trial)
+		holder := shylock.New(name, shylock.WithBackend(b))
+		if ok, _ := holder.TryAcquire(ctx); !ok {
+			t.Fatal("TryAcquire failed")
+		}
+		waiting := shylock.New(name, shylock.WithBackend(slowAttempts{b}))
+		done := make(chan error, 1)
+		go func() { done <- waiting.Acquire(ctx) }()
+		time.Sleep(100 * time.Millisecond)
+		_ = holder.Release(ctx)
+		// The thief takes it while the woken waiter's attempt is on its way, and dies.
+		if ok, _ := shylock.New(name, shylock.WithBackend(b), shylock.WithTTL(time.Second)).TryAcquire(ctx); !ok {
+			t.Fatal("the thief did not get the lock")
+		}
+		start := time.Now()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("trial %d: the waiter was still waiting 5s after a 1s lease began", trial)
+		}
+		if d := time.Since(start); d > 3*time.Second {
+			t.Fatalf("trial %d: woken %v after a 1s lease began", trial, d)
+		}
+		_ = waiting.Release(ctx)
+	}
 }

@@ -19,10 +19,15 @@
 // querying it, without checking the filter again, so a conditional update is not atomic there.
 // On them expiry is judged with an interval estimate of the server's clock, sampled from its
 // hello replies and corrected for the round trip, that never judges a live lock expired; every
-// change of holder is decided by inserting a claim record under the unique index, and an extend
-// reads back what it wrote. An extend or release that stalls inside such a server from before
-// the end of its lease until after a takeover can still overwrite the new holding: keep TTLs far
+// change of holder, releases included, is decided by inserting a claim record for the next token
+// under the unique index, and an extend reads back what it wrote. An extend that reaches such a
+// server from before the end of its lease until after a takeover, or a release whose update
+// arrives more than 10 s after its claim, can still overwrite the new holding: keep TTLs far
 // above the server's worst stall.
+//
+// Every acquire attempt on the server-clock path carries a deadline (its context's, at most
+// shylock.AttemptTimeout away) that the pipeline checks against $$NOW, so an attempt held up in
+// the network past its clean-up (see Abandon) is refused unapplied.
 //
 // Fencing tokens start, for a new record, from the server's time in microseconds (of millisecond
 // precision) and grow by at least one with every holding. Records are kept for the grace period

@@ -53,6 +53,7 @@ type Hub struct {
 
 type group struct {
 	subs   []*Sub          // in order of arrival
+	missed chan struct{}   // a woken waiter found the lock held again: probe at once
 	ctx    context.Context // cancelled when the last subscriber leaves or the hub closes
 	cancel context.CancelFunc
 	exited chan struct{} // closed when the group's poller has returned
@@ -89,7 +90,7 @@ func (h *Hub) Subscribe(name string, minPoll, maxPoll time.Duration) *Sub {
 	g := h.groups[name]
 	if g == nil {
 		ctx, cancel := context.WithCancel(h.ctx)
-		g = &group{ctx: ctx, cancel: cancel, exited: make(chan struct{})}
+		g = &group{ctx: ctx, cancel: cancel, exited: make(chan struct{}), missed: make(chan struct{}, 1)}
 		h.groups[name] = g
 		h.wg.Add(1)
 		go h.poll(name, g)
@@ -175,6 +176,8 @@ func (h *Hub) poll(name string, g *group) {
 		select {
 		case <-timer.C:
 		case <-flipped:
+		case <-g.missed:
+			timer.Stop()
 		case <-g.ctx.Done():
 			return
 		}
@@ -230,6 +233,19 @@ func (s *Sub) signal() {
 
 // C receives a value when the lock may have become free.
 func (s *Sub) C() <-chan struct{} { return s.c }
+
+// Missed tells the poller that the waiter, woken, found the lock held by another owner: the
+// holder changed since the poller last looked, so it probes at once to learn the new holder's
+// expiry, which it would otherwise learn only a pushed interval later.
+func (s *Sub) Missed() {
+	if s.g == nil {
+		return
+	}
+	select {
+	case s.g.missed <- struct{}{}:
+	default:
+	}
+}
 
 // Close ends the subscription. The last one on a name stops its poller and returns once the
 // poller has, so no goroutine outlives the waiters.
