@@ -68,7 +68,7 @@ func (l *Lock) acquire(ctx context.Context, wait bool) (bool, error) {
 		errBo   = backoff.New(cfg.retryMin, max(cfg.retryMax, time.Second)) // an outage is not a busy lock
 		timer   *time.Timer
 		sub     Subscription
-		woken   bool // the last attempt followed a value from the subscription
+		woken   bool  // the last attempt followed a value from the subscription
 		lastErr error // why the last attempt failed
 		// An attempt of unknown outcome was sent: it may have taken the lock, or may still
 		// take it if it arrives late. Another owner holding the lock now does not rule that out.

@@ -19,6 +19,10 @@
 // (WithReplicationFactor and WithWriteConcern set its replication), and refuses an existing
 // collection sharded otherwise.
 //
+// Every acquire attempt carries a deadline, its context's by an estimate of the server's clock
+// (read with RETURN DATE_NOW() every 30 s), that the query checks: an attempt held up in the
+// network past its clean-up (see Abandon) takes nothing.
+//
 // ArangoDB has no change streams: waiters on a name in one process share one poller, and a
 // release in the process wakes them at once.
 package arango
@@ -38,6 +42,7 @@ import (
 	"golang.org/x/text/unicode/norm"
 
 	"github.com/shylock-go/shylock"
+	"github.com/shylock-go/shylock/internal/clock"
 	"github.com/shylock-go/shylock/internal/janitor"
 	"github.com/shylock-go/shylock/internal/waiter"
 )
@@ -62,6 +67,8 @@ type Backend struct {
 	log      *slog.Logger
 	hub      *waiter.Hub
 	janitor  *janitor.Janitor
+	clock    *clock.Estimator  // of the server's clock, for the deadlines of attempts
+	inflight janitor.Deadlines // of acquire attempts, for Abandon
 	readOnly bool
 	offset   time.Duration // the maximum clock offset between the servers
 	closed   atomic.Bool
@@ -83,6 +90,7 @@ func New(ctx context.Context, db arangodb.Database, collection string, opts ...O
 		return nil, s.err
 	}
 	b := &Backend{db: db, coll: collection, log: s.log, readOnly: s.readOnly, janitor: janitor.New(s.log)}
+	b.clock = clock.New(time.Now, b.serverTime)
 	b.hub = waiter.New(b.probe)
 	if s.offset != nil {
 		b.offset = *s.offset
@@ -126,13 +134,30 @@ func (b *Backend) Close() {
 
 var errClosed = fmt.Errorf("arango: %w", shylock.ErrClosed)
 
-// Abandon implements shylock.Backend. ArangoDB's queries are not given a deadline that the
-// server enforces, so the second release comes shylock.AttemptTimeout after the call: an attempt
-// that reaches the server later than that can still leave a lock, which expires at its TTL.
+// Abandon implements shylock.Backend. Every acquire attempt carries a deadline that its query
+// checks against DATE_NOW(), so the last release comes once the owner's latest deadline has
+// passed by the server's clock, and nothing the owner sent can take the lock after it.
 func (b *Backend) Abandon(name, owner string, ttl time.Duration) {
-	b.janitor.Undo(name, shylock.AttemptTimeout+ttl, func(ctx context.Context) error {
+	var settle func(ctx context.Context) error
+	if deadline, ok := b.inflight.Take(owner); ok {
+		settle = func(ctx context.Context) error { return janitor.WaitPast(ctx, deadline.Add(b.offset), b.clock.Bounds) }
+	}
+	b.janitor.Undo(name, shylock.AttemptTimeout+b.offset+ttl, func(ctx context.Context) error {
 		return b.Release(ctx, name, owner, 0)
-	}, func(ctx context.Context) error { return janitor.Sleep(ctx, shylock.AttemptTimeout) })
+	}, settle)
+}
+
+// serverTime reads the server's clock, for the estimate of it.
+func (b *Backend) serverTime(ctx context.Context) (time.Time, error) {
+	var ms float64
+	err := b.run(ctx, query{text: "RETURN DATE_NOW()"}, func(c arangodb.Cursor) error {
+		_, err := c.ReadDocument(ctx, &ms)
+		return err
+	})
+	if err != nil {
+		return time.Time{}, fmt.Errorf("arango: reading the server's clock: %w", err)
+	}
+	return time.UnixMilli(int64(ms)), nil
 }
 
 // record is the stored document; times are seconds since the epoch.
@@ -268,8 +293,14 @@ func (b *Backend) Acquire(ctx context.Context, req shylock.AcquireRequest) (shyl
 		return shylock.Lease{}, fmt.Errorf("%w: %v is not longer than the maximum clock offset %v between the servers, so no holder could trust it; "+
 			"use a longer TTL or set arango.WithMaxClockOffset", shylock.ErrInvalidTTL, req.TTL, b.offset)
 	}
+	_, hi, err := b.clock.Bounds(ctx)
+	if err != nil {
+		return shylock.Lease{}, fmt.Errorf("arango: acquire %q: %w: %w", req.Name, shylock.ErrUnavailable, err)
+	}
+	deadline := janitor.AttemptDeadline(ctx, hi, shylock.AttemptTimeout, b.offset)
+	b.inflight.Note(req.Owner, deadline)
 	var row *leaseRow
-	err := b.run(ctx, b.acquireQuery(req.Name, req.Owner, req.Label, req.TTL), func(c arangodb.Cursor) error {
+	err = b.run(ctx, b.acquireQuery(req.Name, req.Owner, req.Label, req.TTL, deadline), func(c arangodb.Cursor) error {
 		row = new(leaseRow)
 		_, err := c.ReadDocument(ctx, row)
 		return err
@@ -285,6 +316,8 @@ func (b *Backend) Acquire(ctx context.Context, req shylock.AcquireRequest) (shyl
 	case err != nil:
 		return shylock.Lease{}, fmt.Errorf("arango: acquire %q: %w", req.Name, err)
 	case row == nil:
+		// A reply before the attempt's own deadline: the server judged it in time, so the
+		// lock is held.
 		return shylock.Lease{}, fmt.Errorf("%w: %q is held by another owner", shylock.ErrLocked, req.Name)
 	}
 	// The server stamped the expiry after this request was sent.

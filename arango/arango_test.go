@@ -21,7 +21,7 @@ var hostile = []string{`orders/42`, `" RETURN 1 //`, "x` FOR d IN c REMOVE d IN 
 func TestQueriesTakeValuesOnlyAsBindParameters(t *testing.T) {
 	b := &Backend{coll: "locks"}
 	builders := map[string]func(name string) query{
-		"acquire":      func(n string) query { return b.acquireQuery(n, "owner-1", "label-1", 30*time.Second) },
+		"acquire":      func(n string) query { return b.acquireQuery(n, "owner-1", "label-1", 30*time.Second, time.Now()) },
 		"extend":       func(n string) query { return b.extendQuery(n, "owner-1", 7, time.Minute) },
 		"release":      func(n string) query { return b.releaseQuery(n, "owner-1", 0) },
 		"forceRelease": func(n string) query { return b.forceReleaseQuery(n) },
@@ -70,9 +70,13 @@ func TestQueriesTakeValuesOnlyAsBindParameters(t *testing.T) {
 
 func TestQueriesCarryTheirValues(t *testing.T) {
 	b := &Backend{coll: "locks"}
-	q := b.acquireQuery("n", "o", "l", 1500*time.Millisecond)
-	if q.bind["ttl"] != int64(1500) || q.bind["owner"] != "o" || q.bind["label"] != "l" {
+	deadline := time.UnixMilli(1795489158314)
+	q := b.acquireQuery("n", "o", "l", 1500*time.Millisecond, deadline)
+	if q.bind["ttl"] != int64(1500) || q.bind["owner"] != "o" || q.bind["label"] != "l" || q.bind["deadline"] != int64(1795489158314) {
 		t.Fatalf("acquire binds %v", q.bind)
+	}
+	if !strings.Contains(acquireAQL, "FILTER now <= @deadline") {
+		t.Error("acquire does not refuse an attempt that reaches the server after its deadline")
 	}
 	q = b.extendQuery("n", "o", 1795489158314003, time.Second)
 	if q.bind["token"] != uint64(1795489158314003) || q.bind["ttl"] != int64(1000) {
@@ -86,7 +90,7 @@ func TestQueriesCarryTheirValues(t *testing.T) {
 	if !strings.Contains(acquireAQL, "cur.expiresAt * 1000 + @offset < now") {
 		t.Error("acquire does not judge expiry with the server's clock and the clock offset")
 	}
-	if b.acquireQuery("n", "o", "l", time.Second).bind["offset"] != int64(0) {
+	if b.acquireQuery("n", "o", "l", time.Second, deadline).bind["offset"] != int64(0) {
 		t.Error("acquire does not bind the clock offset")
 	}
 	for _, q := range []string{releaseAQL, forceReleaseAQL} {

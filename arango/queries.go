@@ -18,13 +18,15 @@ type query struct {
 // milliseconds), or the caller's own (which keeps its token and acquisition time: no other
 // holding came between). A live lock of another owner yields no row. The UPSERT's
 // lookup reads the same snapshot as the subquery before it, so it finds the record just read (by
-// name and revision) and takes the UPDATE branch; a change another client commits after that
+// name and revision) and takes the UPDATE branch; an attempt that reaches the server after its
+// deadline (@deadline, server milliseconds) takes nothing, so that its clean-up can rely on it; a change another client commits after that
 // snapshot makes the write fail with a write-write conflict (1200), and two clients inserting a
 // name that had no record collide on the unique index (1210). Either way at most one takes the
 // lock, and the caller reads the record again to learn who. waitForSync makes an acknowledged
 // acquire durable.
 const acquireAQL = `LET now = DATE_NOW()
 FOR cur IN [FIRST(FOR d IN @@coll FILTER d.name == @name LIMIT 1 RETURN d)]
+  FILTER now <= @deadline
   FILTER cur == null || cur.owner == "" || cur.owner == @owner || cur.expiresAt * 1000 + @offset < now
   UPSERT { name: @name, _rev: cur._rev }
   INSERT { name: @name, owner: @owner, label: @label, token: now * 1000,
@@ -76,9 +78,9 @@ FOR d IN @@coll
   FILTER IS_STRING(d.name) && LEFT(d.name, LENGTH(@prefix)) == @prefix
   RETURN { doc: d, now: now }`
 
-func (b *Backend) acquireQuery(name, owner, label string, ttl time.Duration) query {
+func (b *Backend) acquireQuery(name, owner, label string, ttl time.Duration, deadline time.Time) query {
 	return query{acquireAQL, map[string]any{"@coll": b.coll, "name": name, "owner": owner,
-		"label": label, "ttl": ttl.Milliseconds(), "offset": b.offset.Milliseconds()}}
+		"label": label, "ttl": ttl.Milliseconds(), "offset": b.offset.Milliseconds(), "deadline": deadline.UnixMilli()}}
 }
 
 func (b *Backend) extendQuery(name, owner string, token uint64, ttl time.Duration) query {

@@ -12,6 +12,7 @@ import (
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
 
 	"github.com/shylock-go/shylock"
+	"github.com/shylock-go/shylock/internal/janitor"
 )
 
 // record is the stored document.
@@ -100,13 +101,8 @@ func (b *Backend) attemptDeadline(ctx context.Context, owner string) (time.Time,
 	if err != nil {
 		return time.Time{}, err
 	}
-	window := shylock.AttemptTimeout
-	if d, ok := ctx.Deadline(); ok {
-		window = max(min(window, time.Until(d)), 0)
-	}
-	// Rounded up to the milliseconds BSON dates hold.
-	deadline := hi.Add(window + b.offset + time.Millisecond).Truncate(time.Millisecond)
-	b.inflight.note(owner, deadline)
+	deadline := janitor.AttemptDeadline(ctx, hi, shylock.AttemptTimeout, b.offset)
+	b.inflight.Note(owner, deadline)
 	return deadline, nil
 }
 

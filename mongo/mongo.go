@@ -76,7 +76,7 @@ type Backend struct {
 	janitor *janitor.Janitor
 	closed  atomic.Bool
 
-	inflight inflight // the deadlines of server-clock acquire attempts, for Abandon
+	inflight janitor.Deadlines // of server-clock acquire attempts, for Abandon
 
 	readOnly  bool          // from WithReadOnly: nothing is written
 	serverNow bool          // expiry judged by $$NOW in pipeline updates, not by the estimate
