@@ -25,10 +25,29 @@ func (l *Lock) Acquire(ctx context.Context) error {
 
 // TryAcquire makes one attempt, which lasts at most AttemptTimeout even when ctx has no
 // deadline. It returns (true, nil) when the lock is now held, (false, nil) when another owner
-// holds it, and (false, err) when the attempt failed; then, as with Acquire, the error says
-// whether the lock may stay taken.
+// holds it (Holder then says who), and (false, err) when the attempt failed; then, as with
+// Acquire, the error says whether the lock may stay taken.
 func (l *Lock) TryAcquire(ctx context.Context) (bool, error) {
 	return l.acquire(ctx, false)
+}
+
+// Holder returns what the last attempt of this Lock that was refused saw of the holding that
+// refused it, and false if the last attempt was not refused. It does no I/O.
+func (l *Lock) Holder() (HeldError, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.holder == nil {
+		return HeldError{}, false
+	}
+	return *l.holder, true
+}
+
+func (l *Lock) sawHolder(err error) {
+	h := &HeldError{Name: l.name}
+	errors.As(err, &h)
+	l.mu.Lock()
+	l.holder = h
+	l.mu.Unlock()
 }
 
 // AcquireAsync runs Acquire in the background. The channel receives exactly one value, nil once
@@ -49,10 +68,10 @@ func (l *Lock) acquire(ctx context.Context, wait bool) (bool, error) {
 	switch {
 	case l.h != nil:
 		l.mu.Unlock()
-		return false, l.errorf("acquire", fmt.Errorf("this Lock already holds it; Release it first or use another Lock: %w", ErrLocked))
+		return false, l.errorf("acquire", fmt.Errorf("%w; Release it first or use another Lock", ErrAlreadyHeld))
 	case l.acquiring:
 		l.mu.Unlock()
-		return false, l.errorf("acquire", fmt.Errorf("another Acquire on this Lock is in progress; use one Lock per goroutine: %w", ErrLocked))
+		return false, l.errorf("acquire", fmt.Errorf("%w: another Acquire on this Lock is in progress; use one Lock per goroutine", ErrAlreadyHeld))
 	}
 	l.acquiring = true
 	l.mu.Unlock()
@@ -103,12 +122,20 @@ func (l *Lock) acquire(ctx context.Context, wait bool) (bool, error) {
 			l.hold(cfg, req, lease, sent, pending)
 			return true, nil
 		}
+		if !errors.Is(err, ErrLocked) {
+			l.mu.Lock()
+			l.holder = nil
+			l.mu.Unlock()
+		}
 		if errors.Is(err, ErrInvalidName) || errors.Is(err, ErrInvalidTTL) || errors.Is(err, ErrRefused) || errors.Is(err, ErrClosed) {
 			// Refused without a write, and no retry can help; an earlier attempt may still
 			// have written.
 			return giveUp(l.errorf("acquire", err))
 		}
 		locked := errors.Is(err, ErrLocked)
+		if locked {
+			l.sawHolder(err)
+		}
 		if errors.Is(lastErr, ErrLocked) && errors.Is(err, ctx.Err()) {
 			err = lastErr // keep the reason we were waiting, not the interrupted attempt
 		}

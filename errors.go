@@ -2,7 +2,9 @@ package shylock
 
 import (
 	"errors"
+	"fmt"
 	"strings"
+	"time"
 
 	"github.com/shylock-go/shylock/internal/quote"
 )
@@ -20,6 +22,11 @@ var (
 	// the context ends while waiting, so both errors.Is(err, ErrLocked) and
 	// errors.Is(err, context.DeadlineExceeded) hold.
 	ErrLocked = errors.New("shylock: lock held by another owner")
+
+	// ErrAlreadyHeld means this Lock holds the lock already, or another call on it is acquiring
+	// it: a Lock is one holder. Release it first, or use one Lock per goroutine. It does not
+	// match ErrLocked, which says that another owner holds the lock.
+	ErrAlreadyHeld = errors.New("shylock: this Lock holds it already")
 
 	// ErrLost means a lock that was held is no longer: it expired without renewal, renewal failed
 	// until the lease ran out, or it was force-released and taken over. Work done under it may
@@ -61,6 +68,31 @@ var (
 	// failure that does not match it may have been applied.
 	ErrUnavailable = errors.New("shylock: backend unavailable; nothing was changed")
 )
+
+// HeldError is the error of an acquire attempt refused because another owner holds the lock. It
+// matches ErrLocked; errors.As finds it in what Acquire returns, and Lock.Holder returns it after
+// TryAcquire's (false, nil). It says what the refusing attempt itself saw, with no further round
+// trip; a field the backend could not see is left zero.
+type HeldError struct {
+	Name      string
+	Label     string    // the holder's label (see WithOwner)
+	Token     uint64    // the holding's fencing token
+	ExpiresAt time.Time // when its lease ends, by the backend's clock
+}
+
+func (e *HeldError) Error() string {
+	msg := ErrLocked.Error() + ": " + quote.Name(e.Name) + " is held"
+	if e.Label != "" {
+		msg += fmt.Sprintf(" by %q", e.Label)
+	}
+	if !e.ExpiresAt.IsZero() {
+		msg += " until " + e.ExpiresAt.UTC().Format(time.RFC3339Nano)
+	}
+	return msg
+}
+
+// Unwrap makes a HeldError match ErrLocked.
+func (e *HeldError) Unwrap() error { return ErrLocked }
 
 // opError is the error of an operation on a lock. Its text names the package once, though the
 // sentinels it wraps carry the package's name too.

@@ -14,7 +14,7 @@ func (l *Lock) hold(cfg config, req AcquireRequest, lease Lease, sent time.Time,
 	defer l.mu.Unlock()
 	h := &holding{cfg: cfg, owner: req.Owner, token: lease.Token, acquired: sent,
 		ttl: cfg.ttl, valid: lease.Valid, deadline: sent.Add(trusted(lease.Valid)), lost: l.lost, pending: pending}
-	l.h = h
+	l.h, l.holder = h, nil
 	h.timer = time.AfterFunc(time.Until(h.deadline), func() { l.expire(h) })
 	if cfg.autoRenew {
 		// Renewal must outlive the acquiring context: only Release or loss stops it.

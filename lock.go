@@ -27,6 +27,7 @@ type Lock struct {
 	acquiring bool
 	h         *holding      // the current holding, nil when none
 	lost      chan struct{} // Lost of the current holding, or of the next one
+	holder    *HeldError    // what the last refused attempt saw
 }
 
 // holding is one successful acquisition, from Acquire to Release.
@@ -75,6 +76,19 @@ func (l *Lock) Held() bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.h != nil && !l.h.isLost && time.Now().Before(l.h.deadline)
+}
+
+// Until returns when the current holding's lease ends by this process's clock: the moment after
+// which Held reports false unless the lease is extended first. It is a little before the
+// backend ends the lease (see Lease.Valid). It returns the zero time when the handle holds
+// nothing, and the lease's end even after the holding was lost. It does no I/O.
+func (l *Lock) Until() time.Time {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.h == nil {
+		return time.Time{}
+	}
+	return l.h.deadline
 }
 
 // Lost returns a channel that is closed when the current holding is lost: its lease ran out

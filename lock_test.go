@@ -220,8 +220,8 @@ func TestConcurrentUseOfOneLock(t *testing.T) {
 	l := shylock.New("x", shylock.WithBackend(b))
 	ch := l.AcquireAsync(ctx)
 	time.Sleep(20 * time.Millisecond)
-	if ok, err := l.TryAcquire(ctx); ok || !errors.Is(err, shylock.ErrLocked) {
-		t.Fatalf("a second acquire on a Lock already acquiring = %v, %v; want false and ErrLocked", ok, err)
+	if ok, err := l.TryAcquire(ctx); ok || !errors.Is(err, shylock.ErrAlreadyHeld) || errors.Is(err, shylock.ErrLocked) {
+		t.Fatalf("a second acquire on a Lock already acquiring = %v, %v; want false and ErrAlreadyHeld, not ErrLocked", ok, err)
 	}
 	_ = h.Release(ctx)
 	if err := <-ch; err != nil {
@@ -384,6 +384,46 @@ func TestDoReturnsAtOnceAfterLoss(t *testing.T) {
 	}
 	if d := time.Since(returned); d > 500*time.Millisecond {
 		t.Fatalf("Do returned %v after fn (%v after it began); want at once", d, time.Since(start))
+	}
+}
+
+// TestHolderFromTheRefusingAttempt: a refused attempt says who holds the lock, through the error
+// and, after TryAcquire's (false, nil), through Holder; Until says when a holding's lease ends.
+func TestHolderFromTheRefusingAttempt(t *testing.T) {
+	b := newMemory(t)
+	h := shylock.New("x", shylock.WithBackend(b), shylock.WithOwner("billing"), shylock.WithTTL(time.Minute))
+	if h.Until() != (time.Time{}) {
+		t.Fatal("Until is set before any holding")
+	}
+	if ok, _ := h.TryAcquire(ctx); !ok {
+		t.Fatal("TryAcquire failed")
+	}
+	if u := time.Until(h.Until()); u <= 50*time.Second || u > time.Minute {
+		t.Fatalf("Until is %v away; want just under the 1m TTL", u)
+	}
+	w := shylock.New("x", shylock.WithBackend(b))
+	if _, ok := w.Holder(); ok {
+		t.Fatal("Holder reports a holding before any attempt")
+	}
+	if ok, err := w.TryAcquire(ctx); ok || err != nil {
+		t.Fatalf("TryAcquire = %v, %v", ok, err)
+	}
+	got, ok := w.Holder()
+	if !ok || got.Label != "billing" || got.Token != h.Token() || got.ExpiresAt.IsZero() {
+		t.Fatalf("Holder = %+v, %v; want billing's holding, token %d", got, ok, h.Token())
+	}
+	actx, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
+	defer cancel()
+	var held *shylock.HeldError
+	if err := w.Acquire(actx); !errors.As(err, &held) || held.Label != "billing" || !errors.Is(err, shylock.ErrLocked) {
+		t.Fatalf("Acquire = %v; want a HeldError naming billing, matching ErrLocked", err)
+	}
+	_ = h.Release(ctx)
+	if ok, _ := w.TryAcquire(ctx); !ok {
+		t.Fatal("TryAcquire after the release failed")
+	}
+	if _, ok := w.Holder(); ok {
+		t.Fatal("Holder still reports the old holding after a successful attempt")
 	}
 }
 

@@ -264,7 +264,7 @@ func (b *Backend) afterCollision(req shylock.AcquireRequest, row withNow, cause 
 }
 
 func held(name string, r record) error {
-	return fmt.Errorf("%w: %q is held by %q until %s", shylock.ErrLocked, name, r.Label, seconds(r.ExpiresAt).Format(time.RFC3339Nano))
+	return &shylock.HeldError{Name: name, Label: r.Label, Token: uint64(r.Token), ExpiresAt: seconds(r.ExpiresAt)}
 }
 
 type leaseRow struct {
@@ -318,7 +318,7 @@ func (b *Backend) Acquire(ctx context.Context, req shylock.AcquireRequest) (shyl
 	case row == nil:
 		// A reply before the attempt's own deadline: the server judged it in time, so the
 		// lock is held.
-		return shylock.Lease{}, fmt.Errorf("%w: %q is held by another owner", shylock.ErrLocked, req.Name)
+		return shylock.Lease{}, &shylock.HeldError{Name: req.Name} // the query returns nothing of a holding it did not take
 	}
 	// The server stamped the expiry after this request was sent.
 	return shylock.Lease{Token: uint64(row.Token), ExpiresAt: seconds(row.ExpiresAt), Valid: req.TTL - b.offset}, nil

@@ -105,8 +105,7 @@ func (b *Backend) Acquire(ctx context.Context, req shylock.AcquireRequest) (shyl
 	r := b.locks[req.Name]
 	switch {
 	case r != nil && r.owner != req.Owner && r.held(now):
-		return shylock.Lease{}, fmt.Errorf("%w: %q is held by %q until %s", shylock.ErrLocked,
-			req.Name, r.label, r.expiresAt.Format(time.RFC3339Nano))
+		return shylock.Lease{}, &shylock.HeldError{Name: req.Name, Label: r.label, Token: r.token, ExpiresAt: r.expiresAt}
 	case r != nil && r.owner == req.Owner:
 		// The same holding goes on: nobody held the name in between, so its token still fences.
 		r.label, r.renewedAt, r.expiresAt = req.Label, now, now.Add(req.TTL)

@@ -66,7 +66,7 @@ func (b *Backend) Acquire(ctx context.Context, req shylock.AcquireRequest) (shyl
 }
 
 func held(name string, rec record) error {
-	return fmt.Errorf("%w: %q is held by %q until %s", shylock.ErrLocked, name, rec.Label, rec.ExpiresAt.UTC().Format(time.RFC3339Nano))
+	return &shylock.HeldError{Name: name, Label: rec.Label, Token: uint64(rec.Token), ExpiresAt: rec.ExpiresAt}
 }
 
 // acquireServerNow takes a free, expired or own lock in one findAndModify whose pipeline reads
@@ -239,7 +239,7 @@ func (b *Backend) acquireEstimated(ctx context.Context, req shylock.AcquireReque
 			return shylock.Lease{}, err
 		}
 		if !won {
-			return shylock.Lease{}, fmt.Errorf("%w: %q is being taken over by another client", shylock.ErrLocked, req.Name)
+			return shylock.Lease{}, &shylock.HeldError{Name: req.Name, Token: uint64(next), ExpiresAt: exp} // being taken over by another client
 		}
 		claimed = true
 		res, err := b.coll.UpdateOne(ctx, bson.D{{Key: "_id", Value: cur.ID}, {Key: "token", Value: cur.Token}},
@@ -258,7 +258,7 @@ func (b *Backend) acquireEstimated(ctx context.Context, req shylock.AcquireReque
 		}
 		return shylock.Lease{Token: uint64(next), ExpiresAt: exp, Valid: valid}, nil
 	}
-	return shylock.Lease{}, fmt.Errorf("%w: %q (it changed hands during the attempt)", shylock.ErrLocked, req.Name)
+	return shylock.Lease{}, &shylock.HeldError{Name: req.Name} // it changed hands during the attempt
 }
 
 func claimName(name string, token int64) string {

@@ -100,9 +100,8 @@ func runRun(ctx context.Context, e *env, args []string) int {
 // acquire takes the lock as run's flags say; it reports false with the exit code on failure.
 func acquire(ctx context.Context, e *env, b shylock.Backend, l *shylock.Lock, noWait bool, wait time.Duration) (int, bool) {
 	busy := func() (int, bool) {
-		info, err := b.Inspect(context.WithoutCancel(ctx), l.Name())
-		if err == nil && info.Held {
-			return e.failf(exitBusy, "%s is held by %s for %s more", quote.Name(l.Name()), info.Label, info.Remaining.Round(time.Millisecond)), false
+		if h, ok := l.Holder(); ok && h.Label != "" && !h.ExpiresAt.IsZero() {
+			return e.failf(exitBusy, "%s is held by %s until %s", quote.Name(l.Name()), h.Label, h.ExpiresAt.UTC().Format(time.RFC3339)), false
 		}
 		return e.failf(exitBusy, "%s is held", quote.Name(l.Name())), false
 	}

@@ -106,9 +106,9 @@ func charge(w http.ResponseWriter, r *http.Request, chargeTime time.Duration) {
 			return
 		}
 		if !ok {
-			info, _ := shylock.Default().Inspect(r.Context(), name)
+			holder, _ := l.Holder() // what the refused attempt saw: no second, racy read
 			reply(w, http.StatusConflict, map[string]any{
-				"error": "order " + order + " is being charged", "holder": info.Label, "expiresAt": info.ExpiresAt})
+				"error": "order " + order + " is being charged", "holder": holder.Label, "expiresAt": holder.ExpiresAt})
 			return
 		}
 		// We hold it: release it when done, even if the client went away.
