@@ -118,6 +118,13 @@ func (l *Lock) acquire(ctx context.Context, wait bool) (bool, error) {
 		actx, cancel := context.WithTimeout(ctx, AttemptTimeout)
 		lease, err := cfg.backend.Acquire(actx, req)
 		cancel()
+		if took := time.Since(sent); err == nil && took >= trusted(lease.Valid) {
+			// Held up longer than the lease: it ended before the reply came, and another
+			// owner may hold the lock already. Its token must not be used; the record it
+			// may have left is ours to release.
+			err = fmt.Errorf("the lease of %v ran out before the attempt's reply came, %v after it was sent: the server or the network is too slow for this TTL",
+				cfg.ttl, took.Round(time.Millisecond))
+		}
 		if err == nil {
 			l.hold(cfg, req, lease, sent, pending)
 			return true, nil

@@ -107,9 +107,10 @@ func (b *Backend) releaseServerNow(ctx context.Context, name, owner string, toke
 }
 
 // releaseClaimFor is how long the claim a release makes on servers without pipeline updates
-// keeps takeovers off: a release whose update reaches the server later than that after its
-// claim could still free a takeover's holding.
-const releaseClaimFor = 2 * shylock.AttemptTimeout
+// keeps takeovers off once the lease has ended: a release whose update reaches the server later
+// than that after its claim could still free a takeover's holding. It is also how long a release
+// that dies between its claim and its update holds back the next holder beyond the lease's end.
+const releaseClaimFor = time.Second
 
 // releaseEstimated frees owner's record on servers that rewrite a matched record without
 // checking the filter again: a plain update there could free a takeover that happened between
