@@ -69,10 +69,12 @@ func historyMain() int {
 		}
 		time.Sleep(time.Duration(len(events)%3) * 200 * time.Microsecond)
 		// A release that fails is retried (a retry of one that did apply succeeds), so every
-		// holding ends by a release in the history rather than by an expiry it cannot show.
+		// holding ends by a release in the history rather than by an expiry it cannot show. On
+		// a loaded machine an attempt can fail for want of an answer in time, so the retries go
+		// on for as long as the lease may last, not for a fixed time of their own.
 		call = time.Now().UnixNano()
-		for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-			if err = l.Release(ctx); err == nil || errors.Is(err, shylock.ErrNotHeld) || time.Now().After(deadline) {
+		for end := time.Unix(0, call).Add(historyTTL); ; time.Sleep(10 * time.Millisecond) {
+			if err = l.Release(ctx); err == nil || errors.Is(err, shylock.ErrNotHeld) || time.Now().After(end) {
 				break
 			}
 		}
@@ -186,8 +188,10 @@ func runHistory(t *testing.T, uri string, processes, opsEach int, faults func(do
 				stuck++
 				op.Return += historyTTL.Nanoseconds()
 			}
+		case e.Err != "" && strings.Contains(e.Err, shylock.ErrLost.Error()):
+			t.Fatalf("a release kept failing until the holding's %v lease ran out: %+v", historyTTL, e)
 		case e.Err != "":
-			t.Fatalf("a release kept failing for 15s: %+v", e)
+			t.Fatalf("a release failed: %+v", e)
 		case e.Op == "acquire" && e.Ok:
 			acquired++
 		}
@@ -228,7 +232,8 @@ func TestLinearizability(t *testing.T) {
 // TestLinearizabilityUnderFaults does the same through a network that slows down, resets
 // connections, loses replies and goes away, to a server that is killed hard and restarted on
 // its data. (A holder paused past its TTL is not in this history: a mutex model cannot show
-// an expiry, so TestFaultPausedHolder checks that case with fencing tokens.)
+// an expiry. TestLeaseHistoryMongo checks such holders against a lease model, and
+// TestFaultPausedHolder with fencing tokens.)
 func TestLinearizabilityUnderFaults(t *testing.T) {
 	if testing.Short() {
 		t.Skip("10,000 operations")
