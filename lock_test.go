@@ -2,6 +2,7 @@ package shylock_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -531,5 +532,24 @@ func TestErrorTextIsOneLine(t *testing.T) {
 		case strings.Contains(msg, "168h"):
 			t.Errorf("error writes a week as hours: %q", msg)
 		}
+	}
+}
+
+// TestInfoJSON: Info has one JSON shape, the command's: snake_case, seconds, no zero times.
+func TestInfoJSON(t *testing.T) {
+	at := time.Date(2026, 12, 2, 10, 0, 0, 0, time.FixedZone("CET", 3600))
+	held, err := json.Marshal(shylock.Info{Name: "orders/42", Owner: "o1", Label: "api", Token: 7,
+		AcquiredAt: at, RenewedAt: at, ExpiresAt: at.Add(30 * time.Second), Held: true, Remaining: 1500 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `{"name":"orders/42","state":"held","holder":"api","owner_id":"o1","token":7,"acquired_at":"2026-12-02T09:00:00Z",` +
+		`"renewed_at":"2026-12-02T09:00:00Z","expires_at":"2026-12-02T09:00:30Z","remaining_seconds":1.5}`
+	if string(held) != want {
+		t.Fatalf("held lock as JSON:\n%s\nwant\n%s", held, want)
+	}
+	free, _ := json.Marshal(shylock.Info{Name: "x", Token: 3, ExpiresAt: at})
+	if string(free) != `{"name":"x","state":"free","token":3}` {
+		t.Fatalf("free lock as JSON: %s", free)
 	}
 }

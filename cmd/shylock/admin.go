@@ -74,11 +74,7 @@ func runList(ctx context.Context, e *env, args []string) int {
 		return e.fail(exitError, err)
 	}
 	if *asJSON {
-		out := make([]lockJSON, len(infos))
-		for i, in := range infos {
-			out[i] = toJSON(in)
-		}
-		return printJSON(e, out)
+		return printJSON(e, infos) // shylock.Info's own JSON shape
 	}
 	table(e.stdout, infos, time.Now())
 	return 0
@@ -108,62 +104,34 @@ func runInspect(ctx context.Context, e *env, args []string) int {
 	if err != nil {
 		return e.fail(exitError, err)
 	}
-	j := toJSON(info)
 	if *asJSON {
-		return printJSON(e, j)
+		return printJSON(e, info) // shylock.Info's own JSON shape
 	}
 	w := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintf(w, "name\t%s\n", j.Name)
-	fmt.Fprintf(w, "state\t%s\n", j.State)
+	fmt.Fprintf(w, "name\t%s\n", info.Name)
+	fmt.Fprintf(w, "state\t%s\n", map[bool]string{true: "held", false: "free"}[info.Held])
 	if info.Token != 0 {
-		fmt.Fprintf(w, "holder\t%s\n", dash(j.Holder))
-		fmt.Fprintf(w, "owner_id\t%s\n", dash(j.OwnerID))
-		fmt.Fprintf(w, "token\t%d\n", j.Token)
+		fmt.Fprintf(w, "holder\t%s\n", dash(info.Label))
+		fmt.Fprintf(w, "owner_id\t%s\n", dash(info.Owner))
+		fmt.Fprintf(w, "token\t%d\n", info.Token)
+		expires := info.ExpiresAt
+		if !info.Held {
+			expires = time.Time{} // a free lock has no expiry
+		}
 		for _, t := range []struct {
 			key string
-			at  *time.Time
-		}{{"acquired_at", j.AcquiredAt}, {"renewed_at", j.RenewedAt}, {"expires_at", j.ExpiresAt}} {
-			if t.at != nil {
-				fmt.Fprintf(w, "%s\t%s\n", t.key, t.at.Format(time.RFC3339Nano))
+			at  time.Time
+		}{{"acquired_at", info.AcquiredAt}, {"renewed_at", info.RenewedAt}, {"expires_at", expires}} {
+			if !t.at.IsZero() {
+				fmt.Fprintf(w, "%s\t%s\n", t.key, t.at.UTC().Format(time.RFC3339Nano))
 			}
 		}
 	}
-	if j.RemainingSeconds != nil {
-		fmt.Fprintf(w, "remaining_seconds\t%.3f\n", *j.RemainingSeconds)
+	if info.Held {
+		fmt.Fprintf(w, "remaining_seconds\t%.3f\n", info.Remaining.Seconds())
 	}
 	_ = w.Flush()
 	return 0
-}
-
-// lockJSON is the stable shape of a lock in --json output: snake_case, RFC 3339 times in UTC,
-// durations in seconds; a free lock has no expiry and no time remaining.
-type lockJSON struct {
-	Name             string     `json:"name"`
-	State            string     `json:"state"` // "held" or "free"
-	Holder           string     `json:"holder,omitempty"`
-	OwnerID          string     `json:"owner_id,omitempty"`
-	Token            uint64     `json:"token"` // of the current or last holding; 0 if never locked
-	AcquiredAt       *time.Time `json:"acquired_at,omitempty"`
-	RenewedAt        *time.Time `json:"renewed_at,omitempty"`
-	ExpiresAt        *time.Time `json:"expires_at,omitempty"`
-	RemainingSeconds *float64   `json:"remaining_seconds,omitempty"`
-}
-
-func toJSON(in shylock.Info) lockJSON {
-	at := func(t time.Time) *time.Time {
-		if t.IsZero() {
-			return nil
-		}
-		u := t.UTC()
-		return &u
-	}
-	j := lockJSON{Name: in.Name, State: "free", Holder: in.Label, OwnerID: in.Owner, Token: in.Token,
-		AcquiredAt: at(in.AcquiredAt), RenewedAt: at(in.RenewedAt)}
-	if in.Held {
-		secs := in.Remaining.Seconds()
-		j.State, j.ExpiresAt, j.RemainingSeconds = "held", at(in.ExpiresAt), &secs
-	}
-	return j
 }
 
 func runRelease(ctx context.Context, e *env, args []string) int {
