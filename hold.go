@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"github.com/shylock-go/shylock/internal/backoff"
@@ -49,7 +50,8 @@ func (l *Lock) markLost(h *holding, why error) {
 	if h.stopRenew != nil {
 		h.stopRenew()
 	}
-	h.cfg.logger.Warn("shylock: lock lost", "name", l.name, "token", h.token, "reason", why)
+	// The caller hears of it through Lost, and from Release, Extend or Do.
+	h.cfg.logger.Debug("shylock: lock lost", "name", l.name, "token", h.token, "reason", why)
 }
 
 // extended records a successful Extend sent at sent. It reports false if the holding was lost
@@ -110,6 +112,7 @@ func (l *Lock) renewOnce(ctx context.Context, h *holding, ttl time.Duration) boo
 	bo := backoff.New(cfg.retryMin, max(cfg.retryMin, min(cfg.retryMax, ttl/3)))
 	t := time.NewTimer(time.Hour)
 	defer t.Stop()
+	retried := false
 	for {
 		l.mu.Lock()
 		deadline, lost := h.deadline, h.isLost
@@ -132,7 +135,13 @@ func (l *Lock) renewOnce(ctx context.Context, h *holding, ttl time.Duration) boo
 			l.mu.Unlock()
 			return false
 		}
-		cfg.logger.Warn("shylock: renewal failed; retrying until the lease runs out",
+		// Nothing returns this error to the caller: say it, once per renewal.
+		level := slog.LevelWarn
+		if retried {
+			level = slog.LevelDebug
+		}
+		retried = true
+		cfg.logger.Log(context.Background(), level, "shylock: renewal failed; retrying until the lease runs out",
 			"name", l.name, "until", time.Until(deadline), "err", err)
 		t.Reset(min(bo.Next(), max(time.Until(deadline), 0)))
 		select {

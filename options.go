@@ -99,8 +99,11 @@ func WithOwner(label string) Option {
 	return func(c *config) { c.label = label }
 }
 
-// WithLogger sets where the lock reports what the caller cannot see in return values: a lost
-// lock, renewals being retried, cleanup after a cancelled acquire. The default is slog.Default().
+// WithLogger sets where the lock reports what the caller cannot see in return values: a renewal
+// failing (a warning, once per renewal, then debug while it retries), and, at debug level, a
+// lost lock (which Lost, Release and Do report too) and acquire attempts being retried. The
+// backend logs its own clean-up and notification channels to its own logger. The default is
+// slog.Default().
 func WithLogger(l *slog.Logger) Option {
 	return func(c *config) {
 		if l == nil {

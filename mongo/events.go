@@ -110,10 +110,11 @@ func (b *Backend) detectEvents(ctx context.Context) (bool, error) {
 // publish tells the waiters of other processes that name was released. It waits for the
 // server's acknowledgement, though an event is only a hint: FerretDB answers unacknowledged
 // writes too, and the answer nobody reads would be taken for the reply to the connection's next
-// command.
+// command. An event lost with the caller's deadline only slows those waiters down to their polls.
 func (b *Backend) publish(ctx context.Context, name string) {
 	if b.events != nil {
-		_, _ = b.events.InsertOne(context.WithoutCancel(ctx), bson.D{{Key: "name", Value: name}})
+		// Within the caller's deadline: a hint must not hold a release up.
+		_, _ = b.events.InsertOne(ctx, bson.D{{Key: "name", Value: name}})
 	}
 }
 
@@ -122,12 +123,18 @@ func (b *Backend) publish(ctx context.Context, name string) {
 // open again, and then all of them look once more, for what was missed.
 func (b *Backend) tail(ctx context.Context) {
 	bo := backoff.New(100*time.Millisecond, 10*time.Second)
+	down := outage{log: b.log}
 	for {
 		opened := time.Now()
 		octx, cancel := context.WithTimeout(ctx, stallAfter)
 		cur, err := b.tailEvents(octx)
 		cancel()
+		if errors.Is(err, mongo.ErrClientDisconnected) {
+			down.failed("shylock/mongo: the database client was disconnected; the release-events cursor stops", "collection", b.events.Name())
+			return
+		}
 		if err == nil {
+			down.recovered("shylock/mongo: the release-events cursor is open again", "collection", b.events.Name())
 			b.hub.SetPushed(true)
 			b.hub.NotifyAll()
 			for next(ctx, cur) {
@@ -145,7 +152,7 @@ func (b *Backend) tail(ctx context.Context) {
 		if time.Since(opened) > time.Minute {
 			bo.Reset() // it served a while: this is a new failure, not a server that keeps refusing
 		}
-		b.log.Warn("shylock/mongo: the release-events cursor ended; waiters poll until it reopens",
+		down.failed("shylock/mongo: the release-events cursor ended; waiters poll until it reopens",
 			"collection", b.events.Name(), "err", err)
 		t := time.NewTimer(bo.Next())
 		select {

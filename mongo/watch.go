@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"go.mongodb.org/mongo-driver/v2/bson"
@@ -129,6 +130,7 @@ func (b *Backend) watch(ctx context.Context) bool {
 			return false
 		}
 	}
+	down := outage{log: b.log}
 	for opened := false; ; {
 		opts := options.ChangeStream().SetFullDocument(options.UpdateLookup).SetMaxAwaitTime(awaitTime)
 		if resume != nil {
@@ -145,18 +147,21 @@ func (b *Backend) watch(ctx context.Context) bool {
 			b.log.Debug("shylock/mongo: the server has no change streams; waiters of other processes are woken by release events if it has tailable cursors, else they poll",
 				"collection", b.coll.Name(), "err", err)
 			return false
+		case errors.Is(err, mongo.ErrClientDisconnected):
+			down.failed("shylock/mongo: the database client was disconnected; the change stream stops", "collection", b.coll.Name())
+			return true
 		case err != nil:
 			if restartable(err) {
 				resume = nil
 			}
-			b.log.Warn("shylock/mongo: change stream failed; waiters poll until it reopens",
-				"collection", b.coll.Name(), "err", err)
+			down.failed("shylock/mongo: change stream failed; waiters poll until it reopens", "collection", b.coll.Name(), "err", err)
 			if !sleep() {
 				return true
 			}
 			continue
 		}
 		opened = true
+		down.recovered("shylock/mongo: change stream open again", "collection", b.coll.Name())
 		b.hub.SetPushed(true)
 		b.hub.NotifyAll() // releases may have been missed while no stream was open
 		ended := b.follow(ctx, cs)
@@ -170,10 +175,33 @@ func (b *Backend) watch(ctx context.Context) bool {
 		if ctx.Err() != nil {
 			return true
 		}
-		b.log.Warn("shylock/mongo: change stream ended; reopening", "collection", b.coll.Name(), "err", err, "afresh", resume == nil)
+		down.failed("shylock/mongo: change stream ended; reopening", "collection", b.coll.Name(), "err", err, "afresh", resume == nil)
 		if !sleep() {
 			return true
 		}
+	}
+}
+
+// outage logs a notification channel's failures once per outage, at warning level, and its
+// recovery; the failures in between, while it keeps retrying, only at debug level.
+type outage struct {
+	log  *slog.Logger
+	down bool
+}
+
+func (o *outage) failed(msg string, args ...any) {
+	if o.down {
+		o.log.Debug(msg, args...)
+		return
+	}
+	o.down = true
+	o.log.Warn(msg, args...)
+}
+
+func (o *outage) recovered(msg string, args ...any) {
+	if o.down {
+		o.down = false
+		o.log.Info(msg, args...)
 	}
 }
 
