@@ -45,7 +45,12 @@ type Option func(*settings)
 type settings struct{ now func() time.Time }
 
 // WithClock replaces the backend's clock, which alone decides expiry, as a database server's
-// clock does. Tests use it to move time without sleeping; now must be safe for concurrent use.
+// clock does; now must be safe for concurrent use. It moves the backend's time only: a Lock's
+// Held, Until and Lost follow the process's clock, as they would against a database server
+// whose clock jumped ahead. So after advancing it, another handle can take a lock whose first
+// holder still reports Held; that holder learns of the loss at its next Extend, renewal or
+// Release (ErrNotHeld and ErrLost). To test how code reacts to expiry, use a short TTL and wait
+// for Lost; to test what others see (a takeover, a waiter woken at expiry), advance this clock.
 func WithClock(now func() time.Time) Option {
 	return func(s *settings) { s.now = now }
 }
