@@ -116,6 +116,12 @@ func (l *Lock) renewOnce(ctx context.Context, h *holding, ttl time.Duration) boo
 	for {
 		l.mu.Lock()
 		deadline, lost := h.deadline, h.isLost
+		if !lost && !time.Now().Before(deadline) {
+			// Retrying with a context already past the deadline would fail at once, again
+			// and again, until the expiry timer runs.
+			l.markLost(h, errors.New("renewal kept failing until the lease ran out"))
+			lost = true
+		}
 		l.mu.Unlock()
 		if lost {
 			return false

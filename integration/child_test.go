@@ -31,7 +31,6 @@ const (
 var workers = map[string]func() int{
 	"contend": contendMain,
 	"hold":    holdMain,
-	"server":  serverMain,
 	"history": historyMain,
 	"waiter":  waiterMain,
 }

@@ -41,12 +41,22 @@ func boundedCmd(t testing.TB, bin string, args ...string) *exec.Cmd {
 // build compiles a program of the project into a temporary directory.
 func build(t testing.TB, pkg string) string {
 	t.Helper()
-	bin := filepath.Join(t.TempDir(), filepath.Base(pkg))
-	out, err := exec.Command("go", "build", "-o", bin, pkg).CombinedOutput()
+	bin, err := goBuild(t.TempDir(), pkg)
 	if err != nil {
-		t.Fatalf("go build %s: %v\n%s", pkg, err, out)
+		t.Fatal(err)
 	}
 	return bin
+}
+
+// goBuild builds the program pkg into dir, without the race detector whatever this test binary
+// was built with, and returns its path.
+func goBuild(dir, pkg string) (string, error) {
+	bin := filepath.Join(dir, filepath.Base(pkg))
+	out, err := exec.Command("go", "build", "-o", bin, pkg).CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("go build %s: %v\n%s", pkg, err, out)
+	}
+	return bin, nil
 }
 
 // cli runs the shylock command against the test server and returns its output and exit code.

@@ -100,9 +100,22 @@ func TestExampleWorker(t *testing.T) {
 		}
 		perJob[r[3]]++
 	}
-	for job, n := range perJob {
-		if n < 6 {
-			t.Errorf("%s ran %d times in at least 6 ticks:\n%s", job, n, outs)
+	// A process that falls too far behind its ticks (a loaded machine) skips a tick rather than
+	// claim it after its claim may have expired, and says so: such a tick counts as covered when
+	// nobody ran it, since the example promises never twice, not always.
+	skips := regexp.MustCompile(`: (\S+): skipping the tick at slot (\d+), `).FindAllStringSubmatch(string(outs), -1)
+	skipped := map[string]int{}
+	for _, s := range skips {
+		if key := s[1] + "@" + s[2]; !seen[key] {
+			seen[key] = true
+			skipped[s[1]]++
+		}
+	}
+	for _, job := range []string{"jobs/nightly-report", "jobs/expire-sessions", "jobs/reindex"} {
+		if n := perJob[job] + skipped[job]; n < 6 {
+			t.Errorf("%s ran %d times and was skipped as late %d times in at least 6 ticks:\n%s", job, perJob[job], skipped[job], outs)
+		} else if skipped[job] > 0 {
+			t.Logf("%s ran %d times; %d ticks nobody ran were skipped as late", job, perJob[job], skipped[job])
 		}
 	}
 	if len(perJob) != 3 || len(pids) < 2 {

@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -22,15 +23,12 @@ import (
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
 
 	"github.com/shylock-go/shylock"
-	"github.com/shylock-go/shylock/examples/embedded"
 )
 
 // Settings of the fault workers.
 const (
 	envName = "SHYLOCK_CHILD_NAME" // the lock a holder takes
 	envTTL  = "SHYLOCK_CHILD_TTL"
-	envAddr = "SHYLOCK_CHILD_ADDR" // where a server worker listens
-	envData = "SHYLOCK_CHILD_DATA" // and keeps its data
 )
 
 // errStale is a fenced write refused because a newer holder wrote first.
@@ -197,34 +195,53 @@ func TestFaultKilledHolder(t *testing.T) {
 	t.Logf("took over %v after the holder was killed (TTL %v)", took.Round(time.Millisecond), ttl)
 }
 
-// serverMain runs a FerretDB on $SHYLOCK_CHILD_ADDR with data in $SHYLOCK_CHILD_DATA until killed.
-func serverMain() int {
-	srv, err := embedded.Start(os.Getenv(envAddr), os.Getenv(envData))
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "server:", err)
-		return 1
-	}
-	defer srv.Stop()
-	fmt.Println("ready")
-	select {}
+// serverProcess is the embedded FerretDB in a process of its own (integration/cmd/ferretdb-server,
+// built without the race detector by TestMain): it can be killed hard, and it spends a fraction
+// of the CPU that FerretDB's SQLite costs inside a race-instrumented test binary, which on a busy
+// machine is the difference between a server that answers in milliseconds and in seconds.
+type serverProcess struct {
+	addr, dir string // addr may end in :0; launch sets uri
+	uri       string
+	cmd       *exec.Cmd
 }
 
-// serverProcess is a FerretDB in a process of its own, so it can be killed hard.
-type serverProcess struct {
-	addr, dir string
-	cmd       *exec.Cmd
+// programs is a directory for the programs the tests build, removed when the run ends.
+var programs string
+
+// ferretdbProgram builds integration/cmd/ferretdb-server once per run.
+var ferretdbProgram = sync.OnceValues(func() (string, error) {
+	return goBuild(programs, "github.com/shylock-go/shylock/integration/cmd/ferretdb-server")
+})
+
+// launch starts the server and waits until it listens.
+func (s *serverProcess) launch() error {
+	bin, err := ferretdbProgram()
+	if err != nil {
+		return fmt.Errorf("building the embedded FerretDB: %w", err)
+	}
+	s.cmd = exec.Command(bin, "-listen", s.addr, "-data", s.dir)
+	s.cmd.Stderr = os.Stderr
+	out, err := s.cmd.StdoutPipe()
+	if err != nil {
+		return err
+	}
+	if err := s.cmd.Start(); err != nil {
+		return err
+	}
+	line, err := bufio.NewReader(out).ReadString('\n')
+	uri, ok := strings.CutPrefix(strings.TrimSpace(line), "ready at ")
+	if err != nil || !ok {
+		s.kill()
+		return fmt.Errorf("the FerretDB server said %q: %v", line, err)
+	}
+	s.uri = uri
+	return nil
 }
 
 func (s *serverProcess) start(t *testing.T) {
 	t.Helper()
-	s.cmd = child("server", "", nil, envAddr+"="+s.addr, envData+"="+s.dir)
-	s.cmd.Stderr = os.Stderr
-	out, _ := s.cmd.StdoutPipe()
-	if err := s.cmd.Start(); err != nil {
+	if err := s.launch(); err != nil {
 		t.Fatal(err)
-	}
-	if line, err := bufio.NewReader(out).ReadString('\n'); err != nil || line != "ready\n" {
-		t.Fatalf("server worker said %q: %v", line, err)
 	}
 }
 

@@ -5,18 +5,17 @@ import (
 	"fmt"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	mdb "go.mongodb.org/mongo-driver/v2/mongo"
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
-
-	"github.com/shylock-go/shylock/examples/embedded"
 )
 
 // The servers every test in this package uses: a real MongoDB when SHYLOCK_MONGO_URI is set,
-// otherwise an embedded FerretDB started here.
+// otherwise the embedded FerretDB, run here as a program of its own (see serverProcess).
 var (
 	mongoURI    string
 	mongoServer = "embedded FerretDB"
@@ -31,19 +30,29 @@ func TestMain(m *testing.M) {
 }
 
 func run(m *testing.M) int {
+	dir, err := os.MkdirTemp("", "shylock-integration-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	programs = dir
 	mongoURI = os.Getenv("SHYLOCK_MONGO_URI")
 	if mongoURI == "" {
-		srv, err := embedded.Start("127.0.0.1:0", "")
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "starting embedded FerretDB:", err)
+		srv := &serverProcess{addr: "127.0.0.1:0", dir: filepath.Join(dir, "data")}
+		if err := os.Mkdir(srv.dir, 0o755); err != nil {
+			fmt.Fprintln(os.Stderr, err)
 			return 1
 		}
-		defer srv.Stop()
-		mongoURI = srv.URI()
+		if err := srv.launch(); err != nil {
+			fmt.Fprintln(os.Stderr, "starting the embedded FerretDB:", err)
+			return 1
+		}
+		defer srv.kill()
+		mongoURI = srv.uri
 	} else {
 		mongoServer = "MongoDB at SHYLOCK_MONGO_URI"
 	}
-	var err error
 	client, err = mdb.Connect(options.Client().ApplyURI(mongoURI))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "connecting to", mongoServer+":", err)

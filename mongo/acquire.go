@@ -252,7 +252,7 @@ func (b *Backend) acquireEstimated(ctx context.Context, req shylock.AcquireReque
 		if res.MatchedCount == 0 {
 			continue // deleted behind our back; look again
 		}
-		if next/sweepEvery != cur.Token/sweepEvery {
+		if next/sweepEvery != (cur.Token-1)/sweepEvery { // the release before may have taken a token too
 			// Claims below the record's token have served: nobody can use one any more.
 			_, _ = b.coll.DeleteMany(ctx, bson.D{{Key: "name", Value: claimRange(req.Name)}, {Key: "token", Value: bson.D{{Key: "$lt", Value: next}}}})
 		}

@@ -3,6 +3,7 @@ package shylocktest
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -16,8 +17,8 @@ func testWithoutHolding(t *testing.T, s *suite) {
 	wantErr(t, "Release before Acquire", l.Release(s.ctx), shylock.ErrNotHeld)
 	wantErr(t, "Extend before Acquire", l.Extend(s.ctx, time.Minute), shylock.ErrNotHeld)
 	s.mustAcquire(t, l)
-	if ok, err := l.TryAcquire(s.ctx); ok || !errors.Is(err, shylock.ErrLocked) {
-		t.Fatalf("TryAcquire on a Lock that already holds = %v, %v; want false and ErrLocked", ok, err)
+	if ok, err := l.TryAcquire(s.ctx); ok || !errors.Is(err, shylock.ErrAlreadyHeld) || errors.Is(err, shylock.ErrLocked) {
+		t.Fatalf("TryAcquire on a Lock that already holds = %v, %v; want false and ErrAlreadyHeld, not ErrLocked", ok, err)
 	}
 	if err := l.Release(s.ctx); err != nil {
 		t.Fatalf("Release: %v", err)
@@ -159,40 +160,64 @@ func testLostOnTakeover(t *testing.T, s *suite) {
 }
 
 // testAutoRenew holds a renewed lock for 3 TTLs. The TTL leaves a loaded server 1s to answer
-// each renewal.
+// each renewal; a loss during a stall of a fifth of the TTL or more is tried again with longer
+// leases.
 func testAutoRenew(t *testing.T, s *suite) {
-	a := s.lock("x", shylock.WithTTL(1500*time.Millisecond), shylock.WithAutoRenew(true))
-	s.mustAcquire(t, a)
-	time.Sleep(4500 * time.Millisecond)
-	if ok, err := s.lock("x").TryAcquire(s.ctx); ok || err != nil {
-		t.Fatalf("TryAcquire after 3 TTLs of a renewed lock = %v, %v; want false, nil", ok, err)
-	}
-	if !a.Held() || closedWithin(a.Lost(), 0) {
-		t.Fatal("a renewed lock reports itself not held or lost")
-	}
-	if err := a.Release(s.ctx); err != nil {
-		t.Fatalf("Release: %v", err)
-	}
-	s.mustAcquire(t, s.lock("x"))
+	s.withLongerLeases(t, func(s *suite, scale time.Duration) string {
+		ttl := scale * 1500 * time.Millisecond
+		a := s.lock("x", shylock.WithTTL(ttl), shylock.WithAutoRenew(true))
+		s.mustAcquire(t, a)
+		meter := s.meterStalls(a.Name())
+		time.Sleep(3 * ttl)
+		ok, err := s.lock("x").TryAcquire(s.ctx)
+		lost := !a.Held() || closedWithin(a.Lost(), 0)
+		if stall := meter.stop(); (ok || lost) && stall >= ttl/5 {
+			_ = a.Release(s.ctx)
+			return fmt.Sprintf("the lease of %v was lost during a stall of %v", ttl, stall)
+		}
+		if ok || err != nil {
+			t.Fatalf("TryAcquire after 3 TTLs of a renewed lock = %v, %v; want false, nil", ok, err)
+		}
+		if lost {
+			t.Fatal("a renewed lock reports itself not held or lost")
+		}
+		if err := a.Release(s.ctx); err != nil {
+			t.Fatalf("Release: %v", err)
+		}
+		s.mustAcquire(t, s.lock("x"))
+		return ""
+	})
 }
 
+// testMaxHold: auto-renewal keeps a lock until WithMaxHold's bound, and no longer. A loss
+// before the bound during a stall of a fifth of the TTL or more is tried again with longer
+// leases.
 func testMaxHold(t *testing.T, s *suite) {
-	a := s.lock("x", shylock.WithTTL(time.Second), shylock.WithAutoRenew(true), shylock.WithMaxHold(3*time.Second))
-	s.mustAcquire(t, a)
-	if closedWithin(a.Lost(), 2*time.Second) {
-		t.Fatal("lost before WithMaxHold's bound although auto-renew was on")
-	}
-	if !closedWithin(a.Lost(), 10*time.Second) {
-		t.Fatal("still held 10s after WithMaxHold(3s)")
-	}
-	b := s.lock("x")
-	if err := b.Acquire(s.ctx); err != nil {
-		t.Fatalf("Acquire after the bound: %v", err)
-	}
-	wantErr(t, "Release past the bound", a.Release(s.ctx), shylock.ErrNotHeld, shylock.ErrLost)
-	if err := b.Release(s.ctx); err != nil {
-		t.Fatalf("Release: %v", err)
-	}
+	s.withLongerLeases(t, func(s *suite, scale time.Duration) string {
+		ttl, maxHold := scale*time.Second, scale*3*time.Second
+		a := s.lock("x", shylock.WithTTL(ttl), shylock.WithAutoRenew(true), shylock.WithMaxHold(maxHold))
+		s.mustAcquire(t, a)
+		meter := s.meterStalls(a.Name())
+		early := closedWithin(a.Lost(), 2*ttl)
+		if stall := meter.stop(); early && stall >= ttl/5 {
+			return fmt.Sprintf("the lease of %v was lost during a stall of %v", ttl, stall)
+		}
+		if early {
+			t.Fatal("lost before WithMaxHold's bound although auto-renew was on")
+		}
+		if !closedWithin(a.Lost(), maxHold+7*time.Second) {
+			t.Fatalf("still held %v after it was acquired, with WithMaxHold(%v)", 2*ttl+maxHold+7*time.Second, maxHold)
+		}
+		b := s.lock("x")
+		if err := b.Acquire(s.ctx); err != nil {
+			t.Fatalf("Acquire after the bound: %v", err)
+		}
+		wantErr(t, "Release past the bound", a.Release(s.ctx), shylock.ErrNotHeld, shylock.ErrLost)
+		if err := b.Release(s.ctx); err != nil {
+			t.Fatalf("Release: %v", err)
+		}
+		return ""
+	})
 }
 
 // testReleaseWakesWaiters hands one lock down a chain of waiters whose polling bounds are far

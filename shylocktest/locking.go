@@ -1,6 +1,7 @@
 package shylocktest
 
 import (
+	"context"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -14,6 +15,10 @@ import (
 // the critical section at once, or if tokens do not increase in the order of holding.
 func testMutualExclusion(t *testing.T, s *suite) {
 	const workers, rounds = 50, 2
+	// A loaded machine stretches the 100 holdings from a second to well over the suite's
+	// minute, so the bound is on a stall: no holding for longer than any holding takes there.
+	ctx, progress, cancel := progressContext(context.WithoutCancel(s.ctx), 30*time.Second)
+	defer cancel()
 	var (
 		inside atomic.Int32
 		mu     sync.Mutex
@@ -26,10 +31,11 @@ func testMutualExclusion(t *testing.T, s *suite) {
 			defer wg.Done()
 			for r := range rounds {
 				l := s.lock("contended", shylock.WithTTL(20*time.Second), shylock.WithRetry(5*time.Millisecond, 50*time.Millisecond))
-				if err := l.Acquire(s.ctx); err != nil {
-					t.Errorf("worker %d round %d: Acquire: %v", w, r, err)
+				if err := l.Acquire(ctx); err != nil {
+					t.Errorf("worker %d round %d: Acquire: %v (%v)", w, r, err, context.Cause(ctx))
 					return
 				}
+				progress()
 				if n := inside.Add(1); n != 1 {
 					t.Errorf("worker %d round %d: %d holders at once", w, r, n)
 				}
@@ -38,7 +44,7 @@ func testMutualExclusion(t *testing.T, s *suite) {
 				mu.Unlock()
 				time.Sleep(time.Millisecond)
 				inside.Add(-1)
-				if err := l.Release(s.ctx); err != nil {
+				if err := l.Release(ctx); err != nil {
 					t.Errorf("worker %d round %d: Release: %v", w, r, err)
 					return
 				}
@@ -101,6 +107,10 @@ func testTryAcquireWhileHeld(t *testing.T, s *suite) {
 	if b.Held() || b.Token() != 0 {
 		t.Fatalf("the loser reports Held=%v Token=%d; want false, 0", b.Held(), b.Token())
 	}
+	// What the refusing attempt saw of the holding, as far as the backend reports it.
+	if h, ok := b.Holder(); !ok || (h.Token != 0 && h.Token != a.Token()) {
+		t.Fatalf("the loser's Holder = %+v, %v; want the holding of token %d", h, ok, a.Token())
+	}
 	if !a.Held() || a.Token() == 0 {
 		t.Fatalf("the holder reports Held=%v Token=%d; want true and a token", a.Held(), a.Token())
 	}
@@ -120,33 +130,44 @@ func testTryAcquireWhileHeld(t *testing.T, s *suite) {
 // holder's expiry (its polling bounds are far longer, so only the expiry hint can wake it in
 // time), and that the old holder is told.
 func testTakeoverAfterExpiry(t *testing.T, s *suite) {
-	const ttl = 200 * time.Millisecond
-	a := s.lock("x", shylock.WithTTL(ttl))
-	s.mustAcquire(t, a)
-	b := s.lock("x", shylock.WithRetry(20*time.Second, 30*time.Second))
-	if ok, err := b.TryAcquire(s.ctx); ok || err != nil {
-		t.Fatalf("TryAcquire before expiry = %v, %v; want false, nil", ok, err)
-	}
-	if err := b.Acquire(s.ctx); err != nil {
-		t.Fatalf("Acquire after the holder's lease ran out: %v", err)
-	}
-	if !closedWithin(a.Lost(), time.Second) {
-		t.Fatal("the expired holder's Lost() is not closed after another owner took over")
-	}
-	if a.Held() {
-		t.Fatal("the expired holder still reports Held")
-	}
-	if b.Token() <= a.Token() {
-		t.Fatalf("takeover token %d is not above the expired holder's %d", b.Token(), a.Token())
-	}
-	wantErr(t, "Extend by the expired holder", a.Extend(s.ctx, time.Minute), shylock.ErrNotHeld, shylock.ErrLost)
-	wantErr(t, "Release by the expired holder", a.Release(s.ctx), shylock.ErrNotHeld, shylock.ErrLost)
-	if info := s.inspect(t, b.Name()); !info.Held || info.Token != b.Token() {
-		t.Fatalf("after the late Release the lock is %+v; the new holder (token %d) must still hold it", info, b.Token())
-	}
-	if err := b.Release(s.ctx); err != nil {
-		t.Fatalf("Release by the new holder: %v", err)
-	}
+	s.withLongerLeases(t, func(s *suite, scale time.Duration) string {
+		ttl := scale * 200 * time.Millisecond
+		a := s.lock("x", shylock.WithTTL(ttl))
+		start := time.Now()
+		s.mustAcquire(t, a)
+		b := s.lock("x", shylock.WithRetry(20*time.Second, 30*time.Second))
+		ok, err := b.TryAcquire(s.ctx)
+		if took := time.Since(start); ok && err == nil && took >= ttl {
+			_ = b.Release(s.ctx)
+			return fmt.Sprintf("the waiter's first attempt came %v after the holder's began, past its %v lease", took, ttl)
+		}
+		if ok || err != nil {
+			t.Fatalf("TryAcquire before expiry = %v, %v; want false, nil", ok, err)
+		}
+		if err := b.Acquire(s.ctx); err != nil {
+			t.Fatalf("Acquire after the holder's lease ran out: %v", err)
+		}
+		// The holder's own timer ends its lease before the backend's expiry; only a stalled
+		// process runs it later than this.
+		if !closedWithin(a.Lost(), scale*time.Second) {
+			t.Fatal("the expired holder's Lost() is not closed after another owner took over")
+		}
+		if a.Held() {
+			t.Fatal("the expired holder still reports Held")
+		}
+		if b.Token() <= a.Token() {
+			t.Fatalf("takeover token %d is not above the expired holder's %d", b.Token(), a.Token())
+		}
+		wantErr(t, "Extend by the expired holder", a.Extend(s.ctx, time.Minute), shylock.ErrNotHeld, shylock.ErrLost)
+		wantErr(t, "Release by the expired holder", a.Release(s.ctx), shylock.ErrNotHeld, shylock.ErrLost)
+		if info := s.inspect(t, b.Name()); !info.Held || info.Token != b.Token() {
+			t.Fatalf("after the late Release the lock is %+v; the new holder (token %d) must still hold it", info, b.Token())
+		}
+		if err := b.Release(s.ctx); err != nil {
+			t.Fatalf("Release by the new holder: %v", err)
+		}
+		return ""
+	})
 }
 
 // testOwnerOnly checks at the Backend level that nobody but the holding owner can extend or

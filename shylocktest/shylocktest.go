@@ -17,9 +17,11 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -173,4 +175,79 @@ func closedWithin(ch <-chan struct{}, d time.Duration) bool {
 	case <-time.After(d):
 		return false
 	}
+}
+
+// Timing on a loaded machine. A check that needs something to happen within a lease cannot
+// tell a backend that failed it from a machine that stalled the test's process, or the server,
+// for a good part of the lease: a busy 2-core machine does, for seconds. Such checks measure
+// the stalls while they run; one whose lease ran out during a stall that explains it runs again
+// with longer leases, on fresh names, and only a failure without such a stall is the backend's.
+
+// stallMeter measures, while a check runs, the worst of how late this process's timers fire
+// and how long the backend takes to answer a read.
+type stallMeter struct {
+	worst  atomic.Int64 // nanoseconds
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// meterStalls starts measuring, reading name (which the check need not use).
+func (s *suite) meterStalls(name string) *stallMeter {
+	ctx, cancel := context.WithCancel(s.ctx)
+	m := &stallMeter{cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(m.done)
+		const nap = 50 * time.Millisecond
+		for ctx.Err() == nil {
+			start := time.Now()
+			time.Sleep(nap)
+			m.note(time.Since(start) - nap)
+			start = time.Now()
+			if _, err := s.b.Inspect(ctx, name); err == nil || ctx.Err() == nil {
+				m.note(time.Since(start))
+			}
+		}
+	}()
+	return m
+}
+
+func (m *stallMeter) note(d time.Duration) {
+	for old := m.worst.Load(); int64(d) > old && !m.worst.CompareAndSwap(old, int64(d)); old = m.worst.Load() {
+	}
+}
+
+// stop ends the measurement and returns the worst stall seen.
+func (m *stallMeter) stop() time.Duration {
+	m.cancel()
+	<-m.done
+	return time.Duration(m.worst.Load())
+}
+
+// leaseScales are the factors a timing-sensitive check scales its leases by, one attempt each.
+var leaseScales = []time.Duration{1, 3, 9}
+
+// withLongerLeases runs check with its leases scaled by each of leaseScales in turn, on fresh
+// names, until an attempt is conclusive: check returns "" when it passed (it fails the test
+// itself when the backend is at fault), or why the machine's stalls left it unable to tell.
+func (s *suite) withLongerLeases(t *testing.T, check func(s *suite, scale time.Duration) (stalled string)) {
+	t.Helper()
+	var why string
+	for _, scale := range leaseScales {
+		sub := *s
+		sub.prefix = fmt.Sprintf("%sx%d/", s.prefix, scale)
+		if why = check(&sub, scale); why == "" {
+			return
+		}
+		t.Logf("inconclusive with leases scaled x%d: %s", scale, why)
+	}
+	t.Fatalf("inconclusive even with leases scaled x%d: %s", leaseScales[len(leaseScales)-1], why)
+}
+
+// progressContext returns a context that ends when progress has not been called for idle: for
+// work whose total time a loaded machine can stretch at will, a bound on a stall rather than on
+// the total. It also ends with parent.
+func progressContext(parent context.Context, idle time.Duration) (ctx context.Context, progress func(), cancel func()) {
+	ctx, cancelCause := context.WithCancelCause(parent)
+	timer := time.AfterFunc(idle, func() { cancelCause(fmt.Errorf("no progress for %v", idle)) })
+	return ctx, func() { timer.Reset(idle) }, func() { timer.Stop(); cancelCause(nil) }
 }
