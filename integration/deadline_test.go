@@ -31,9 +31,10 @@ type switchProxy struct {
 }
 
 const (
-	relayAll  = iota
-	blackHole // bytes go nowhere and nothing comes back, on open and new connections
-	refuse    // open connections are cut and new ones reset at once, as after the server died
+	relayAll    = iota
+	blackHole   // bytes go nowhere and nothing comes back, on open and new connections
+	refuse      // open connections are cut and new ones reset at once, as after the server died
+	dropReplies // commands reach the server and are applied; no reply comes back
 )
 
 func startSwitchProxy(t testing.TB, target string) *switchProxy {
@@ -89,19 +90,20 @@ func (p *switchProxy) serve() {
 		p.conns = append(p.conns, c, s)
 		p.mu.Unlock()
 		p.wg.Add(2)
-		go p.copy(s, c)
-		go p.copy(c, s)
+		go p.copy(s, c, true)
+		go p.copy(c, s, false)
 	}
 }
 
-// copy passes bytes from src to dst while the proxy relays; in a black hole it reads and drops.
-func (p *switchProxy) copy(dst, src net.Conn) {
+// copy passes bytes from src to dst (the server, if toServer) while the proxy relays; in a
+// black hole it reads and drops them, and so it does with replies while they are dropped.
+func (p *switchProxy) copy(dst, src net.Conn, toServer bool) {
 	defer p.wg.Done()
 	defer dst.Close()
 	buf := make([]byte, 32<<10)
 	for {
 		n, err := src.Read(buf)
-		if n > 0 && p.mode.Load() == relayAll {
+		if mode := p.mode.Load(); n > 0 && (mode == relayAll || mode == dropReplies && toServer) {
 			if _, werr := dst.Write(buf[:n]); werr != nil {
 				return
 			}
@@ -196,8 +198,8 @@ func deadlineRound(t testing.TB, mode int32, d time.Duration, lat *lateness) {
 	}
 }
 
-// TestMongoCallsReturnByDeadline: with the server refusing connections, cut off by a black hole,
-// or answering no writes, every call returns by its context's deadline (here within a generous
+// TestMongoCallsReturnByDeadline: with the server refusing connections (as after it was killed),
+// cut off by a black hole, or applying commands whose replies never come, every call returns by its context's deadline (here within a generous
 // bound for a busy machine; BenchmarkMongoDeadlines measures the lateness), and errors say that a
 // lock may remain only when a command may have been applied.
 func TestMongoCallsReturnByDeadline(t *testing.T) {
@@ -205,7 +207,7 @@ func TestMongoCallsReturnByDeadline(t *testing.T) {
 	for _, c := range []struct {
 		name string
 		mode int32
-	}{{"refused", refuse}, {"black hole", blackHole}} {
+	}{{"refused", refuse}, {"black hole", blackHole}, {"replies dropped", dropReplies}} {
 		t.Run(c.name, func(t *testing.T) {
 			var lat lateness
 			deadlineRound(t, c.mode, 300*time.Millisecond, &lat)
@@ -254,12 +256,13 @@ func TestMongoClose(t *testing.T) {
 }
 
 // BenchmarkMongoDeadlines reports how late calls return after their context's deadline while
-// the server is lost (refused connections, black hole), over b.N rounds of every call.
+// the server is lost (refused connections, black hole, replies dropped), over b.N rounds of every
+// call.
 func BenchmarkMongoDeadlines(b *testing.B) {
 	for _, c := range []struct {
 		name string
 		mode int32
-	}{{"refused", refuse}, {"black-hole", blackHole}} {
+	}{{"refused", refuse}, {"black-hole", blackHole}, {"replies-dropped", dropReplies}} {
 		b.Run(c.name, func(b *testing.B) {
 			var lat lateness
 			for range b.N {
