@@ -104,6 +104,10 @@ func TestPollerStopsWithLastWaiter(t *testing.T) {
 	}
 	s1.Close()
 	s2.Close()
+	// Close returns once the pollers have; a goroutine of the runtime's may still be ending.
+	for end := time.Now().Add(time.Second); runtime.NumGoroutine() != before && time.Now().Before(end); {
+		time.Sleep(time.Millisecond)
+	}
 	if n := runtime.NumGoroutine(); n != before {
 		t.Fatalf("%d goroutines left after the last waiters closed", n-before)
 	}
@@ -189,7 +193,8 @@ func TestPushedPollerLooksAgainAfterFree(t *testing.T) {
 	p.remaining.Store(int64(200 * time.Millisecond))
 	p.held.Store(true)
 	start := time.Now()
-	time.AfterFunc(200*time.Millisecond, func() { p.held.Store(false) })
+	expired := time.AfterFunc(200*time.Millisecond, func() { p.held.Store(false) })
+	defer expired.Stop()
 	if !received(s.C(), 5*time.Second) {
 		t.Fatal("the waiter was not woken at the new holder's expiry")
 	}
