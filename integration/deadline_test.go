@@ -22,12 +22,8 @@ import (
 // switchProxy relays TCP to the server until told to fail, then fails every connection as
 // one way of losing a server does.
 type switchProxy struct {
-	ln     net.Listener
-	target string
-	mode   atomic.Int32
-	wg     sync.WaitGroup
-	mu     sync.Mutex
-	conns  []net.Conn
+	*tcpProxy
+	mode atomic.Int32
 }
 
 const (
@@ -39,28 +35,17 @@ const (
 
 func startSwitchProxy(t testing.TB, target string) *switchProxy {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &switchProxy{ln: ln, target: target}
-	p.wg.Add(1)
-	go p.serve()
-	t.Cleanup(func() {
-		_ = ln.Close()
-		p.cut()
-		p.wg.Wait()
-	})
+	p := &switchProxy{}
+	p.tcpProxy = startProxy(t, target, func(c, s net.Conn) {
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			p.copy(s, c, true)
+		}()
+		p.copy(c, s, false)
+		<-done
+	}, func() bool { return p.mode.Load() == refuse })
 	return p
-}
-
-func (p *switchProxy) cut() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for _, c := range p.conns {
-		_ = c.Close()
-	}
-	p.conns = nil
 }
 
 func (p *switchProxy) set(mode int32) {
@@ -70,35 +55,9 @@ func (p *switchProxy) set(mode int32) {
 	}
 }
 
-func (p *switchProxy) serve() {
-	defer p.wg.Done()
-	for {
-		c, err := p.ln.Accept()
-		if err != nil {
-			return
-		}
-		if p.mode.Load() == refuse {
-			_ = c.Close()
-			continue
-		}
-		s, err := net.Dial("tcp", p.target)
-		if err != nil {
-			_ = c.Close()
-			continue
-		}
-		p.mu.Lock()
-		p.conns = append(p.conns, c, s)
-		p.mu.Unlock()
-		p.wg.Add(2)
-		go p.copy(s, c, true)
-		go p.copy(c, s, false)
-	}
-}
-
 // copy passes bytes from src to dst (the server, if toServer) while the proxy relays; in a
 // black hole it reads and drops them, and so it does with replies while they are dropped.
 func (p *switchProxy) copy(dst, src net.Conn, toServer bool) {
-	defer p.wg.Done()
 	defer dst.Close()
 	buf := make([]byte, 32<<10)
 	for {

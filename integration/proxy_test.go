@@ -19,73 +19,104 @@ import (
 	"github.com/shylock-go/shylock"
 )
 
-// replyDropper is a TCP proxy in front of the server that, when armed, lets a write command
-// through and then drops the server's reply and the connection: the write is applied but the
-// client cannot know it, an ambiguous write. Armed for a getMore, it drops the reply and keeps
-// the connection, as a connection does that died without a reset.
-type replyDropper struct {
-	ln           net.Listener
-	target       string
-	drop         atomic.Int32 // write replies still to drop
-	dropped      atomic.Int32
-	silence      atomic.Int32 // getMore replies still to drop
-	silenced     atomic.Int32
-	noHello      atomic.Bool  // answer hello outside the admin database as a server before 4.4.2 does
-	helloRefused atomic.Int32 // hellos so answered
-	wg           sync.WaitGroup
-	mu           sync.Mutex
-	conns        []net.Conn
+// tcpProxy is what the tests' proxies share: a listener in front of the server, a connection to
+// the server for each client, and a close that cuts every connection and waits for the relays.
+type tcpProxy struct {
+	ln     net.Listener
+	target string
+	closed chan struct{} // closed by close
+	wg     sync.WaitGroup
+
+	connsMu sync.Mutex
+	conns   []net.Conn
 }
 
-func startReplyDropper(t *testing.T, target string) *replyDropper {
+// startProxy listens in front of target and runs relay on each client connection and its own
+// connection to the server; both are closed when relay returns. A client that arrives while
+// refuse reports true is closed at once.
+func startProxy(t testing.TB, target string, relay func(client, server net.Conn), refuse func() bool) *tcpProxy {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &replyDropper{ln: ln, target: target}
+	p := &tcpProxy{ln: ln, target: target, closed: make(chan struct{})}
 	p.wg.Add(1)
-	go p.serve()
+	go p.serve(relay, refuse)
 	t.Cleanup(p.close)
 	return p
 }
 
-func (p *replyDropper) close() {
-	_ = p.ln.Close()
-	p.mu.Lock()
-	for _, c := range p.conns {
-		_ = c.Close()
-	}
-	p.mu.Unlock()
-	p.wg.Wait()
-}
-
-func (p *replyDropper) serve() {
+func (p *tcpProxy) serve(relay func(client, server net.Conn), refuse func() bool) {
 	defer p.wg.Done()
 	for {
 		client, err := p.ln.Accept()
 		if err != nil {
 			return
 		}
+		if refuse != nil && refuse() {
+			_ = client.Close()
+			continue
+		}
 		server, err := net.Dial("tcp", p.target)
 		if err != nil {
 			_ = client.Close()
 			continue
 		}
-		p.mu.Lock()
+		p.connsMu.Lock()
 		p.conns = append(p.conns, client, server)
-		p.mu.Unlock()
+		p.connsMu.Unlock()
 		p.wg.Add(1)
-		go p.relay(client, server)
+		go func() {
+			defer p.wg.Done()
+			defer client.Close()
+			defer server.Close()
+			relay(client, server)
+		}()
 	}
+}
+
+// cut closes every open connection, as a server that died would.
+func (p *tcpProxy) cut() {
+	p.connsMu.Lock()
+	defer p.connsMu.Unlock()
+	for _, c := range p.conns {
+		_ = c.Close()
+	}
+	p.conns = nil
+}
+
+func (p *tcpProxy) close() {
+	close(p.closed)
+	_ = p.ln.Close()
+	p.cut()
+	p.wg.Wait()
+}
+
+// replyDropper is a TCP proxy in front of the server that, when armed, lets a write command
+// through and then drops the server's reply and the connection: the write is applied but the
+// client cannot know it, an ambiguous write. Armed for a getMore, it drops the reply and keeps
+// the connection, as a connection does that died without a reset.
+type replyDropper struct {
+	*tcpProxy
+	drop         atomic.Int32 // write replies still to drop
+	dropped      atomic.Int32
+	silence      atomic.Int32 // getMore replies still to drop
+	silenced     atomic.Int32
+	noHello      atomic.Bool  // answer hello outside the admin database as a server before 4.4.2 does
+	helloRefused atomic.Int32 // hellos so answered
+}
+
+func startReplyDropper(t *testing.T, target string) *replyDropper {
+	t.Helper()
+	p := &replyDropper{}
+	p.tcpProxy = startProxy(t, target, p.relay, nil)
+	return p
 }
 
 // relay passes request and reply messages in turn: the driver's connections here wait for each
 // reply before sending again.
 func (p *replyDropper) relay(client, server net.Conn) {
-	defer p.wg.Done()
-	defer client.Close()
-	defer server.Close()
 	for {
 		req, err := readMessage(client)
 		if err != nil {

@@ -28,14 +28,10 @@ import (
 // A delayed or held command reaches the server even if its client gave up meanwhile, as bytes
 // already sent do.
 type relay struct {
-	ln     net.Listener
-	target string
-	wg     sync.WaitGroup
-	closed chan struct{}
+	*tcpProxy
 
 	mu     sync.Mutex
 	faults []*fault // armed, oldest first
-	conns  []net.Conn
 }
 
 // fault is what the relay does to the first command that matches it; a fault is used once.
@@ -59,14 +55,8 @@ func (f *fault) Release() {
 
 func startRelay(t testing.TB, target string) *relay {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := &relay{ln: ln, target: target, closed: make(chan struct{})}
-	r.wg.Add(1)
-	go r.serve()
-	t.Cleanup(r.close)
+	r := &relay{}
+	r.tcpProxy = startProxy(t, target, r.pipe, nil)
 	return r
 }
 
@@ -138,44 +128,10 @@ func (r *relay) take(cmd wireCommand) *fault {
 	return nil
 }
 
-func (r *relay) close() {
-	close(r.closed)
-	_ = r.ln.Close()
-	r.mu.Lock()
-	for _, c := range r.conns {
-		_ = c.Close()
-	}
-	r.mu.Unlock()
-	r.wg.Wait()
-}
-
-func (r *relay) serve() {
-	defer r.wg.Done()
-	for {
-		client, err := r.ln.Accept()
-		if err != nil {
-			return
-		}
-		server, err := net.Dial("tcp", r.target)
-		if err != nil {
-			_ = client.Close()
-			continue
-		}
-		r.mu.Lock()
-		r.conns = append(r.conns, client, server)
-		r.mu.Unlock()
-		r.wg.Add(1)
-		go r.pipe(client, server)
-	}
-}
-
 // pipe relays one connection: a request, then its replies (several for an exhaust cursor or a
 // streaming hello), then the next request. Waiting for the reply before reading on means that a
 // client that gave up on a delayed command still has it delivered and answered.
 func (r *relay) pipe(client, server net.Conn) {
-	defer r.wg.Done()
-	defer client.Close()
-	defer server.Close()
 	for {
 		req, err := readMessage(client)
 		if err != nil {
