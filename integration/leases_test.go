@@ -262,15 +262,7 @@ func runLeaseHistory(t *testing.T, backends []shylock.Backend, ttl, d, window, s
 			w.worker(i, b)
 		}()
 	}
-	done := make(chan struct{})
-	go func() {
-		wg.Wait()
-		close(done)
-	}()
-	if faults != nil {
-		faults(done)
-	}
-	<-done
+	waitUnder(&wg, faults)
 
 	var (
 		history []porcupine.Operation

@@ -126,6 +126,19 @@ var mutexModel = porcupine.Model{
 	},
 }
 
+// waitUnder waits for wg while faults runs; faults's argument is closed once wg is done.
+func waitUnder(wg *sync.WaitGroup, faults func(done <-chan struct{})) {
+	done := make(chan struct{})
+	go func() {
+		wg.Wait()
+		close(done)
+	}()
+	if faults != nil {
+		faults(done)
+	}
+	<-done
+}
+
 // runHistory has processes contend through uri while faults runs (until its argument is
 // closed, when the workers are done), and checks the merged history against the mutex model.
 func runHistory(t *testing.T, uri string, processes, opsEach int, faults func(done <-chan struct{})) (failed int) {
@@ -160,15 +173,7 @@ func runHistory(t *testing.T, uri string, processes, opsEach int, faults func(do
 			}
 		}()
 	}
-	done := make(chan struct{})
-	go func() {
-		wg.Wait()
-		close(done)
-	}()
-	if faults != nil {
-		faults(done)
-	}
-	<-done
+	waitUnder(&wg, faults)
 	var (
 		history  []porcupine.Operation
 		acquired int
