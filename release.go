@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/shylock-go/shylock/internal/backoff"
 )
 
 // Release gives the lock up. It returns an error matching ErrNotHeld if this handle does not
@@ -13,13 +15,21 @@ import (
 // cannot be reached the error says so, the lock stays held until its TTL, and Release may be
 // retried. It waits at most AttemptTimeout for the backend. Auto-renewal has stopped when
 // Release returns, whatever the outcome.
-func (l *Lock) Release(ctx context.Context) error {
+func (l *Lock) Release(ctx context.Context) (err error) {
 	h := l.stopRenewal()
 	if h == nil {
 		return l.errorf("release", fmt.Errorf("%w: this Lock does not hold it", ErrNotHeld))
 	}
+	sent, detached := time.Now(), false
+	defer func() {
+		if detached {
+			h.cfg.emit(ctx, func() Event {
+				return Event{Kind: EventReleased, Name: l.name, Token: h.token, Err: err, Took: time.Since(sent), Held: time.Since(h.acquired)}
+			})
+		}
+	}()
 	rctx, cancel := context.WithTimeout(ctx, AttemptTimeout)
-	err := h.cfg.backend.Release(rctx, l.name, h.owner, h.token)
+	err = l.releaseUnapplied(rctx, h)
 	cancel()
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -34,6 +44,7 @@ func (l *Lock) Release(ctx context.Context) error {
 	if !l.detach(h) {
 		return l.errorf("release", fmt.Errorf("%w: already released", ErrNotHeld))
 	}
+	detached = true
 	if err != nil {
 		l.markLost(h, err)
 	}
@@ -45,6 +56,25 @@ func (l *Lock) Release(ctx context.Context) error {
 			ErrNotHeld, ErrLost, err))
 	}
 	return l.errorf("release", fmt.Errorf("%w: %w (another owner may have held it meanwhile)", ErrNotHeld, ErrLost))
+}
+
+// releaseUnapplied releases h, trying again while the backend answers that nothing changed (a
+// busy server, a connection not to be had) and ctx allows: such a retry is free of doubt.
+func (l *Lock) releaseUnapplied(ctx context.Context, h *holding) error {
+	bo := backoff.New(10*time.Millisecond, 250*time.Millisecond)
+	for {
+		err := h.cfg.backend.Release(ctx, l.name, h.owner, h.token)
+		if !errors.Is(err, ErrUnavailable) {
+			return err
+		}
+		t := time.NewTimer(bo.Next())
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return err
+		}
+	}
 }
 
 // handOff gives the holding up without waiting for the backend, which releases it in the
@@ -62,6 +92,13 @@ func (l *Lock) handOff() error {
 	if !h.pending { // detach has asked for the release already otherwise
 		h.cfg.backend.Abandon(l.name, h.owner, h.ttl)
 	}
+	h.cfg.emit(context.Background(), func() Event {
+		var err error
+		if h.isLost {
+			err = ErrLost
+		}
+		return Event{Kind: EventReleased, Name: l.name, Token: h.token, Err: err, Held: time.Since(h.acquired)}
+	})
 	if h.isLost {
 		return l.errorf("release", fmt.Errorf("%w: %w (another owner may have held it meanwhile)", ErrNotHeld, ErrLost))
 	}

@@ -122,6 +122,13 @@ func notSent(err error) bool {
 	return false
 }
 
+// busy reports whether err is FerretDB's answer that another writer held its SQLite database for
+// too long: the command was not applied, and a retry may pass.
+func busy(err error) bool {
+	var se mongo.ServerError
+	return errors.As(err, &se) && se.HasErrorMessage("database is locked")
+}
+
 // unapplied describes a failure of op on name that surely changed nothing: a read before any
 // write, or a write the server refused unapplied.
 func unapplied(op, name string, err error) error {
@@ -142,7 +149,7 @@ func opError(op, name string, err error, sentBefore bool) error {
 		return fmt.Errorf("mongo: %s %q: %w: %w", op, name, shylock.ErrRefused, err)
 	case errors.Is(err, mongo.ErrClientDisconnected):
 		return fmt.Errorf("mongo: %s %q: %w: the database client was disconnected: %w", op, name, shylock.ErrClosed, err)
-	case !sentBefore && notSent(err):
+	case !sentBefore && (notSent(err) || busy(err)):
 		return unapplied(op, name, err)
 	}
 	return fmt.Errorf("mongo: %s %q: %w", op, name, err)

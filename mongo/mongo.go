@@ -134,12 +134,12 @@ func New(ctx context.Context, coll *mongo.Collection, opts ...Option) (*Backend,
 	if s.readOnly {
 		return b.openReadOnly(ctx)
 	}
-	if err := b.ensureIndexes(ctx); err != nil {
+	if err := retryBusy(ctx, func() error { return b.ensureIndexes(ctx) }); err != nil {
 		return nil, err
 	}
 	if s.serverClock != nil {
 		b.serverNow = *s.serverClock
-	} else if b.serverNow, err = b.detect(ctx); err != nil {
+	} else if err = retryBusy(ctx, func() (err error) { b.serverNow, err = b.detect(ctx); return err }); err != nil {
 		return nil, err
 	}
 	if !topo.several && s.events {
@@ -152,6 +152,20 @@ func New(ctx context.Context, coll *mongo.Collection, opts ...Option) (*Backend,
 	}
 	b.hub = waiter.New(b.probe)
 	return b, nil
+}
+
+// retryBusy runs f until it succeeds, fails otherwise than with a busy server (see busy), or ctx
+// ends: a loaded FerretDB answers so for a while without anything being wrong.
+func retryBusy(ctx context.Context, f func() error) error {
+	for {
+		err := f()
+		if err == nil || !busy(err) {
+			return err
+		}
+		if janitor.Sleep(ctx, 50*time.Millisecond) != nil {
+			return err
+		}
+	}
 }
 
 // openReadOnly finishes New for WithReadOnly: it only makes sure the collection exists.

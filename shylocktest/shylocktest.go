@@ -20,6 +20,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -132,6 +133,20 @@ func (s *suite) mustAcquire(t *testing.T, l *shylock.Lock) {
 	if err != nil || !ok {
 		t.Fatalf("TryAcquire(%q) = %v, %v; want true, nil", l.Name(), ok, err)
 	}
+}
+
+// acquireWithin takes l, whose lease is ttl, and returns "" when it did; an attempt that took
+// longer than the lease (so that it holds nothing) is the machine's stall, which it returns.
+func (s *suite) acquireWithin(t *testing.T, l *shylock.Lock, ttl time.Duration) (stalled string) {
+	t.Helper()
+	ok, err := l.TryAcquire(s.ctx)
+	switch {
+	case err != nil && strings.Contains(err.Error(), "ran out before the attempt's reply came"):
+		return fmt.Sprintf("the attempt outlasted its %v lease: %v", ttl, err)
+	case err != nil || !ok:
+		t.Fatalf("TryAcquire(%q) = %v, %v; want true, nil", l.Name(), ok, err)
+	}
+	return ""
 }
 
 func (s *suite) inspect(t *testing.T, name string) shylock.Info {
