@@ -81,6 +81,7 @@ func (l *Lock) acquire(ctx context.Context, wait bool) (bool, error) {
 		l.mu.Unlock()
 	}()
 
+	began := time.Now()
 	req := AcquireRequest{Name: l.name, Owner: ownerid.New(), Label: cfg.label, TTL: cfg.ttl}
 	var (
 		poll    = backoff.New(cfg.retryMin, cfg.retryMax)
@@ -100,6 +101,13 @@ func (l *Lock) acquire(ctx context.Context, wait bool) (bool, error) {
 	}()
 	// giveUp returns err, handing what a pending attempt may have written to the backend.
 	giveUp := func(err error) (bool, error) {
+		cfg.emit(ctx, func() Event {
+			why := err
+			if why == nil {
+				why = lastErr // TryAcquire's (false, nil): held by another owner
+			}
+			return Event{Kind: EventGaveUp, Name: l.name, Err: why, Waited: time.Since(began)}
+		})
 		if !pending {
 			return false, err
 		}
@@ -125,8 +133,14 @@ func (l *Lock) acquire(ctx context.Context, wait bool) (bool, error) {
 			err = fmt.Errorf("the lease of %v ran out before the attempt's reply came, %v after it was sent: the server or the network is too slow for this TTL",
 				cfg.ttl, took.Round(time.Millisecond))
 		}
+		cfg.emit(ctx, func() Event {
+			return Event{Kind: EventAttempt, Name: l.name, Token: lease.Token, Err: err, Took: time.Since(sent)}
+		})
 		if err == nil {
 			l.hold(cfg, req, lease, sent, pending)
+			cfg.emit(ctx, func() Event {
+				return Event{Kind: EventAcquired, Name: l.name, Token: lease.Token, Waited: time.Since(began)}
+			})
 			return true, nil
 		}
 		if !errors.Is(err, ErrLocked) {
@@ -155,7 +169,7 @@ func (l *Lock) acquire(ctx context.Context, wait bool) (bool, error) {
 		}
 		if !wait {
 			if locked {
-				return false, nil // a single attempt, whose outcome is known
+				return giveUp(nil) // a single attempt, whose outcome is known: nothing pending
 			}
 			return giveUp(l.errorf("acquire", err))
 		}

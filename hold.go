@@ -52,6 +52,20 @@ func (l *Lock) markLost(h *holding, why error) {
 	}
 	// The caller hears of it through Lost, and from Release, Extend or Do.
 	h.cfg.logger.Debug("shylock: lock lost", "name", l.name, "token", h.token, "reason", why)
+	h.cfg.emit(context.Background(), func() Event {
+		return Event{Kind: EventLost, Name: l.name, Token: h.token, Err: why, Held: time.Since(h.acquired)}
+	})
+}
+
+// renewal tells the hooks how a renewal or Extend sent at sent came out.
+func (l *Lock) renewal(ctx context.Context, h *holding, sent time.Time, err error) {
+	h.cfg.emit(ctx, func() Event {
+		kind := EventRenewed
+		if err != nil {
+			kind = EventRenewFailed
+		}
+		return Event{Kind: kind, Name: l.name, Token: h.token, Err: err, Took: time.Since(sent)}
+	})
 }
 
 // extended records a successful Extend sent at sent. It reports false if the holding was lost
@@ -130,6 +144,7 @@ func (l *Lock) renewOnce(ctx context.Context, h *holding, ttl time.Duration) boo
 		rctx, cancel := context.WithDeadline(ctx, deadline)
 		lease, err := cfg.backend.Extend(rctx, l.name, h.owner, h.token, ttl)
 		cancel()
+		l.renewal(context.Background(), h, sent, err)
 		switch {
 		case err == nil:
 			return l.extended(h, lease, ttl, sent)
@@ -184,6 +199,7 @@ func (l *Lock) Extend(ctx context.Context, ttl time.Duration) error {
 	ectx, cancel := context.WithTimeout(ctx, AttemptTimeout)
 	lease, err := h.cfg.backend.Extend(ectx, l.name, h.owner, h.token, ttl)
 	cancel()
+	l.renewal(ctx, h, sent, err)
 	switch {
 	case errors.Is(err, ErrNotHeld):
 		l.mu.Lock()

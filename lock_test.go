@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -551,5 +552,73 @@ func TestInfoJSON(t *testing.T) {
 	free, _ := json.Marshal(shylock.Info{Name: "x", Token: 3, ExpiresAt: at})
 	if string(free) != `{"name":"x","state":"free","token":3}` {
 		t.Fatalf("free lock as JSON: %s", free)
+	}
+}
+
+// recorder is a Hook that keeps the kinds of the events it receives.
+type recorder struct {
+	mu    sync.Mutex
+	kinds []string
+}
+
+func (r *recorder) hook(_ context.Context, e shylock.Event) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.kinds = append(r.kinds, e.Kind.String())
+}
+
+func (r *recorder) take() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s := strings.Join(r.kinds, " ")
+	r.kinds = nil
+	return s
+}
+
+// TestHooks: every event of a lock's life reaches the hooks, in order, with what it says.
+func TestHooks(t *testing.T) {
+	b := newMemory(t)
+	var r recorder
+	var last shylock.Event
+	keep := func(_ context.Context, e shylock.Event) { last = e }
+	h := shylock.New("x", shylock.WithBackend(b), shylock.WithHook(r.hook), shylock.WithHook(keep), shylock.WithTTL(time.Minute))
+	if ok, _ := h.TryAcquire(ctx); !ok {
+		t.Fatal("TryAcquire failed")
+	}
+	if got := r.take(); got != "attempt acquired" || last.Token != h.Token() {
+		t.Fatalf("events %q, last %+v", got, last)
+	}
+	w := shylock.New("x", shylock.WithBackend(b), shylock.WithHook(r.hook))
+	if ok, err := w.TryAcquire(ctx); ok || err != nil {
+		t.Fatal(ok, err)
+	}
+	if got := r.take(); got != "attempt gave_up" {
+		t.Fatalf("a refused TryAcquire gave events %q", got)
+	}
+	if err := h.Extend(ctx, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := r.take(); got != "renewed released" || last.Kind != shylock.EventReleased || last.Held <= 0 || last.Err != nil {
+		t.Fatalf("events %q, last %+v", got, last)
+	}
+	l := shylock.New("y", shylock.WithBackend(b), shylock.WithHook(r.hook), shylock.WithTTL(20*time.Millisecond))
+	if ok, _ := l.TryAcquire(ctx); !ok {
+		t.Fatal("TryAcquire failed")
+	}
+	<-l.Lost()
+	if got := r.take(); got != "attempt acquired lost" {
+		t.Fatalf("events %q", got)
+	}
+	if err := l.Release(ctx); !errors.Is(err, shylock.ErrLost) {
+		t.Fatal(err)
+	}
+	if got := r.take(); got != "released" {
+		t.Fatalf("events %q", got)
+	}
+	if _, err := shylock.New("z", shylock.WithBackend(b), shylock.WithHook(nil)).TryAcquire(ctx); !errors.Is(err, shylock.ErrInvalidOption) {
+		t.Fatalf("WithHook(nil) = %v; want ErrInvalidOption", err)
 	}
 }

@@ -28,6 +28,7 @@ type config struct {
 	label              string
 	logger             *slog.Logger
 	maxHold            time.Duration
+	hooks              []Hook
 	err                error // the first invalid option
 }
 
