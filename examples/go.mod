@@ -4,7 +4,8 @@ go 1.25.0
 
 require (
 	github.com/FerretDB/FerretDB v1.24.2
-	github.com/shylock-go/shylock v0.0.0
+	github.com/arangodb/go-driver/v2 v2.4.1
+	github.com/shylock-go/shylock v0.1.0
 	go.mongodb.org/mongo-driver/v2 v2.10.0
 )
 
@@ -13,7 +14,6 @@ require (
 	github.com/AlekSi/pointer v1.2.0 // indirect
 	github.com/FerretDB/wire v0.0.8 // indirect
 	github.com/SAP/go-hdb v1.13.6 // indirect
-	github.com/arangodb/go-driver/v2 v2.4.1 // indirect
 	github.com/arangodb/go-velocypack v0.0.0-20200318135517-5af53c29c67e // indirect
 	github.com/beorn7/perks v1.0.1 // indirect
 	github.com/cenkalti/backoff/v5 v5.0.2 // indirect
@@ -77,5 +77,3 @@ require (
 	modernc.org/strutil v1.2.0 // indirect
 	modernc.org/token v1.1.0 // indirect
 )
-
-replace github.com/shylock-go/shylock => ../

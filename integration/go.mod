@@ -3,8 +3,8 @@ module github.com/shylock-go/shylock/integration
 go 1.26.0
 
 require (
-	github.com/shylock-go/shylock v0.0.0
-	github.com/shylock-go/shylock/examples v0.0.0
+	github.com/shylock-go/shylock v0.1.0
+	github.com/shylock-go/shylock/examples v0.1.0
 )
 
 require (
@@ -128,9 +128,4 @@ require (
 	modernc.org/sqlite v1.32.0 // indirect
 	modernc.org/strutil v1.2.0 // indirect
 	modernc.org/token v1.1.0 // indirect
-)
-
-replace (
-	github.com/shylock-go/shylock => ../
-	github.com/shylock-go/shylock/examples => ../examples
 )

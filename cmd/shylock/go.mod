@@ -5,7 +5,7 @@ go 1.26.0
 require (
 	github.com/coder/websocket v1.8.15
 	github.com/prometheus/client_golang v1.25.0
-	github.com/shylock-go/shylock v0.0.0
+	github.com/shylock-go/shylock v0.1.0
 	go.uber.org/goleak v1.3.0
 	golang.org/x/net v0.59.0
 )
@@ -37,5 +37,3 @@ require (
 	golang.org/x/text v0.42.0 // indirect
 	google.golang.org/protobuf v1.36.12 // indirect
 )
-
-replace github.com/shylock-go/shylock => ../..

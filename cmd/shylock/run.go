@@ -19,7 +19,7 @@ func runRun(ctx context.Context, e *env, args []string) int {
 		"Run COMMAND while holding the lock NAME, renewing it every TTL/3. If the lock is lost, COMMAND gets\n"+
 			"--signal and shylock exits 76. With --no-wait a held lock exits 75 at once (like flock -n); else\n"+
 			"shylock waits, up to --wait if given, then exits 75. Otherwise the exit status is COMMAND's.\n"+
-			"COMMAND finds the fencing token in $SHYLOCK_TOKEN")
+			"COMMAND finds the lock's name in $SHYLOCK_LOCK and its fencing token in $SHYLOCK_TOKEN")
 	host, _ := os.Hostname()
 	ttl := fs.Duration("ttl", 30*time.Second, "lease length; a crashed holder blocks others this long")
 	noWait := fs.Bool("no-wait", false, "fail at once (exit 75) if the lock is held")

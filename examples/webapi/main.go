@@ -24,7 +24,7 @@ import (
 	"time"
 
 	"github.com/shylock-go/shylock"
-	"github.com/shylock-go/shylock/examples/internal/demo"
+	"github.com/shylock-go/shylock/examples/backend"
 )
 
 func main() {
@@ -34,14 +34,14 @@ func main() {
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	backend, closeBackend, err := demo.Backend(ctx, os.Stdout)
+	locks, embeddedURI, closeBackend, err := backend.Open(ctx) // examples/backend: one file to copy
 	if err != nil {
 		log.Fatal(err)
 	}
 	defer closeBackend()
 	host, _ := os.Hostname()
 	// Once, at start-up: every lock of this process uses this backend and these defaults.
-	shylock.Configure(backend, shylock.WithOwner(fmt.Sprintf("webapi %s/%d", host, os.Getpid())), shylock.WithTTL(10*time.Second))
+	shylock.Configure(locks, shylock.WithOwner(fmt.Sprintf("webapi %s/%d", host, os.Getpid())), shylock.WithTTL(10*time.Second))
 
 	ln, err := net.Listen("tcp", *addr)
 	if err != nil {
@@ -54,8 +54,8 @@ func main() {
 	fmt.Printf("or refuse instead of waiting:\n")
 	fmt.Printf("  curl -X POST http://%s/orders/42/charge & sleep 0.2; curl -X POST 'http://%s/orders/42/charge?wait=false'\n", ln.Addr(), ln.Addr())
 	fmt.Printf("see the order locks: curl http://%s/locks", ln.Addr())
-	if uri := demo.EmbeddedURI(); uri != "" {
-		fmt.Printf(", or: SHYLOCK_MONGO_URI=%s go run ./cmd/shylock list", uri)
+	if embeddedURI != "" {
+		fmt.Printf(", or: SHYLOCK_MONGO_URI=%s go run ./cmd/shylock list", embeddedURI)
 	}
 	fmt.Printf("\nstop with Ctrl-C\n")
 	go func() {

@@ -28,8 +28,7 @@ import (
 	"time"
 
 	"github.com/shylock-go/shylock"
-	"github.com/shylock-go/shylock/examples/internal/demo"
-	"github.com/shylock-go/shylock/internal/connect"
+	"github.com/shylock-go/shylock/examples/backend"
 )
 
 var jobs = []string{"jobs/nightly-report", "jobs/expire-sessions", "jobs/reindex"}
@@ -45,16 +44,16 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	backend, closeBackend, err := demo.Backend(ctx, os.Stdout)
+	locks, embeddedURI, closeBackend, err := backend.Open(ctx) // examples/backend: one file to copy
 	if err != nil {
 		log.Fatal(err)
 	}
 	defer closeBackend()
 	if *processes > 0 {
-		spawn(ctx, *processes, *ticks, *every)
+		spawn(ctx, *processes, *ticks, *every, embeddedURI)
 		return
 	}
-	shylock.Configure(backend, shylock.WithOwner("worker pid "+strconv.Itoa(os.Getpid())), shylock.WithTTL(5*time.Second))
+	shylock.Configure(locks, shylock.WithOwner("worker pid "+strconv.Itoa(os.Getpid())), shylock.WithTTL(5*time.Second))
 	work(ctx, *ticks, *every)
 }
 
@@ -104,9 +103,9 @@ func run(ctx context.Context, job string, slot time.Time, every time.Duration) {
 	}
 }
 
-// spawn starts n worker processes of this program on the same server and waits for them.
-func spawn(ctx context.Context, n, ticks int, every time.Duration) {
-	cfg := connect.FromEnv()
+// spawn starts n worker processes of this program on the same server (the embedded one this
+// process started, if it did) and waits for them.
+func spawn(ctx context.Context, n, ticks int, every time.Duration, embeddedURI string) {
 	exe, err := os.Executable()
 	if err != nil {
 		log.Fatal(err)
@@ -115,8 +114,8 @@ func spawn(ctx context.Context, n, ticks int, every time.Duration) {
 	for range n {
 		cmd := exec.CommandContext(ctx, exe, "-processes=0", "-ticks="+strconv.Itoa(ticks), "-every="+every.String())
 		cmd.Env = os.Environ()
-		if cfg.MongoURI == "" && cfg.ArangoURL == "" {
-			cmd.Env = append(cmd.Env, connect.EnvMongoURI+"="+demo.EmbeddedURI())
+		if embeddedURI != "" {
+			cmd.Env = append(cmd.Env, "SHYLOCK_MONGO_URI="+embeddedURI)
 		}
 		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
 		if err := cmd.Start(); err != nil {
