@@ -34,39 +34,83 @@ func (b *Backend) Extend(ctx context.Context, name, owner string, token uint64, 
 		return shylock.Lease{}, fmt.Errorf("%w: %v is not longer than the maximum clock offset %v between the servers", shylock.ErrInvalidTTL, ttl, b.offset)
 	}
 	var (
-		rec   record
-		err   error
-		valid = ttl - b.offset
+		rec record
+		err error
 	)
-	if b.serverNow {
-		err = b.coll.FindOneAndUpdate(ctx, extendFilter(name, owner, token), extendUpdate(ttl), after).Decode(&rec)
-	} else {
-		lo, hi, berr := b.server.clock.Bounds(ctx)
-		if berr != nil {
-			return shylock.Lease{}, berr
-		}
-		exp := lo.Add(ttl).Truncate(time.Millisecond)
-		valid = exp.Sub(hi) - b.offset
-		// Extend only a lease that is surely still running, as its holder believes.
-		err = b.coll.FindOneAndUpdate(ctx,
-			bson.D{{Key: "name", Value: name}, {Key: "owner", Value: owner}, {Key: "token", Value: int64(token)},
-				{Key: "expiresAt", Value: bson.D{{Key: "$gt", Value: hi}}}},
-			bson.D{{Key: "$set", Value: bson.D{{Key: "renewedAt", Value: exp.Add(-ttl)}, {Key: "expiresAt", Value: exp}}}},
-			after).Decode(&rec)
-		if err == nil {
-			// Such servers may report an update of a record that a taker deleted meanwhile:
-			// only a read after the write proves the extension.
-			err = b.coll.FindOne(ctx, bson.D{{Key: "_id", Value: rec.ID}, {Key: "owner", Value: owner},
-				{Key: "expiresAt", Value: exp}}).Decode(&rec)
-		}
+	if !b.serverNow {
+		return b.extendEstimated(ctx, name, owner, token, ttl)
 	}
+	err = b.coll.FindOneAndUpdate(ctx, extendFilter(name, owner, token), extendUpdate(ttl), after).Decode(&rec)
 	switch {
 	case errors.Is(err, mongo.ErrNoDocuments):
 		return shylock.Lease{}, notHeld(name)
 	case err != nil:
 		return shylock.Lease{}, opError("extend", name, err, false)
 	}
-	return shylock.Lease{Token: token, ExpiresAt: rec.ExpiresAt, Valid: valid}, nil
+	return shylock.Lease{Token: token, ExpiresAt: rec.ExpiresAt, Valid: ttl - b.offset}, nil
+}
+
+// extendEstimated extends on servers that rewrite a matched record without checking the filter
+// again. An extend there could otherwise land inside a takeover's update and give the lock back
+// to its old holder, whose token the next taker would then repeat; so, as a release does, it
+// first claims the next token, which keeps takeovers off until the update has landed, and gives
+// the claim up after it.
+func (b *Backend) extendEstimated(ctx context.Context, name, owner string, token uint64, ttl time.Duration) (shylock.Lease, error) {
+	lo, hi, err := b.server.clock.Bounds(ctx)
+	if err != nil {
+		return shylock.Lease{}, unapplied("extend", name, err)
+	}
+	exp := lo.Add(ttl).Truncate(time.Millisecond)
+	next := int64(token) + 1
+	if err := b.guard(ctx, "extend", name, owner, claimName(name, next), next, hi); err != nil {
+		return shylock.Lease{}, err
+	}
+	// Given up within the caller's deadline; one left behind expires a second after it was made.
+	defer func() {
+		_, _ = b.coll.DeleteOne(ctx, bson.D{{Key: "name", Value: claimName(name, next)}, {Key: "owner", Value: owner}})
+	}()
+	// Extend only a lease that is surely still running, as its holder believes.
+	var rec record
+	err = b.coll.FindOneAndUpdate(ctx,
+		bson.D{{Key: "name", Value: name}, {Key: "owner", Value: owner}, {Key: "token", Value: int64(token)},
+			{Key: "expiresAt", Value: bson.D{{Key: "$gt", Value: hi}}}},
+		bson.D{{Key: "$set", Value: bson.D{{Key: "renewedAt", Value: exp.Add(-ttl)}, {Key: "expiresAt", Value: exp}}}},
+		after).Decode(&rec)
+	if err == nil {
+		// Such servers may report an update of a record that a taker deleted meanwhile:
+		// only a read after the write proves the extension.
+		err = b.coll.FindOne(ctx, bson.D{{Key: "_id", Value: rec.ID}, {Key: "owner", Value: owner},
+			{Key: "expiresAt", Value: exp}}).Decode(&rec)
+	}
+	switch {
+	case errors.Is(err, mongo.ErrNoDocuments):
+		return shylock.Lease{}, notHeld(name)
+	case err != nil:
+		return shylock.Lease{}, opError("extend", name, err, true)
+	}
+	return shylock.Lease{Token: token, ExpiresAt: rec.ExpiresAt, Valid: exp.Sub(hi) - b.offset}, nil
+}
+
+// guard inserts the claim that keeps takeovers off while op of owner changes name's record. A
+// claim of another owner there means the lock is being taken over: the error matches
+// shylock.ErrNotHeld. Nothing has changed when it fails.
+func (b *Backend) guard(ctx context.Context, op, name, owner, claim string, token int64, hi time.Time) error {
+	_, err := b.coll.InsertOne(ctx, bson.D{{Key: "name", Value: claim}, {Key: "owner", Value: owner},
+		{Key: "token", Value: token}, {Key: "expiresAt", Value: hi.Add(releaseClaimFor)}})
+	if !mongo.IsDuplicateKeyError(err) {
+		if err != nil {
+			return opError(op, name, err, false)
+		}
+		return nil
+	}
+	var c record
+	switch err := b.coll.FindOne(ctx, byName(claim)).Decode(&c); {
+	case err != nil && !errors.Is(err, mongo.ErrNoDocuments):
+		return unapplied(op, name, err)
+	case c.Owner != owner:
+		return notHeld(name) // taken over, or being taken over
+	}
+	return nil // an earlier call of this holding's, whose reply was lost, made it
 }
 
 // Release implements shylock.Backend. The record stays, marked free, for the grace period, so
@@ -106,9 +150,9 @@ func (b *Backend) releaseServerNow(ctx context.Context, name, owner string, toke
 	return nil
 }
 
-// releaseClaimFor is how long the claim a release makes on servers without pipeline updates
-// keeps takeovers off once the lease has ended: a release whose update reaches the server later
-// than that after its claim could still free a takeover's holding. It is also how long a release
+// releaseClaimFor is how long the claim a release or an extend makes on servers without pipeline
+// updates keeps takeovers off once the lease has ended: one whose update reaches the server later
+// than that after its claim could still change a takeover's holding. It is also how long one
 // that dies between its claim and its update holds back the next holder beyond the lease's end.
 const releaseClaimFor = time.Second
 
@@ -139,20 +183,8 @@ func (b *Backend) releaseEstimated(ctx context.Context, name, owner string, toke
 		return unapplied("release", name, err)
 	}
 	next := int64(token) + 1
-	claim := claimName(name, next)
-	_, err = b.coll.InsertOne(ctx, bson.D{{Key: "name", Value: claim}, {Key: "owner", Value: owner},
-		{Key: "token", Value: next}, {Key: "expiresAt", Value: hi.Add(releaseClaimFor)}})
-	if mongo.IsDuplicateKeyError(err) {
-		var c record
-		switch err := b.coll.FindOne(ctx, byName(claim)).Decode(&c); {
-		case err != nil && !errors.Is(err, mongo.ErrNoDocuments):
-			return unapplied("release", name, err)
-		case c.Owner != owner:
-			return notHeld(name) // taken over, or being taken over
-		}
-		// An earlier release of this holding, whose reply was lost, claimed it.
-	} else if err != nil {
-		return opError("release", name, err, false)
+	if err := b.guard(ctx, "release", name, owner, claimName(name, next), next, hi); err != nil {
+		return err
 	}
 	res, err := b.coll.UpdateOne(ctx, releaseFilter(name, owner, token),
 		bson.D{{Key: "$set", Value: bson.D{{Key: "owner", Value: ""}, {Key: "token", Value: next}}}})
