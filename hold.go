@@ -45,16 +45,17 @@ func (l *Lock) markLost(h *holding, why error) {
 		return
 	}
 	h.isLost = true
-	close(h.lost)
 	h.timer.Stop()
 	if h.stopRenew != nil {
 		h.stopRenew()
 	}
-	// The caller hears of it through Lost, and from Release, Extend or Do.
+	// The caller hears of it through Lost, and from Release, Extend or Do; hooks first, so that
+	// what they record is there when Lost is closed.
 	h.cfg.logger.Debug("shylock: lock lost", "name", l.name, "token", h.token, "reason", why)
 	h.cfg.emit(context.Background(), func() Event {
 		return Event{Kind: EventLost, Name: l.name, Token: h.token, Err: why, Held: time.Since(h.acquired)}
 	})
+	close(h.lost)
 }
 
 // renewal tells the hooks how a renewal or Extend sent at sent came out.
