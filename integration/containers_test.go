@@ -92,8 +92,11 @@ func imageContext(t *testing.T) string {
 		if imageErr != nil {
 			return
 		}
-		for _, prog := range []string{"ferretdb-server", "lockclient"} {
-			cmd := exec.Command("go", "build", "-trimpath", "-o", filepath.Join(imageDir, prog), "./cmd/"+prog)
+		for prog, pkg := range map[string]string{
+			"ferretdb-server": "github.com/shylock-go/shylock/testdb/cmd/ferretdb-server",
+			"lockclient":      "./cmd/lockclient",
+		} {
+			cmd := exec.Command("go", "build", "-trimpath", "-o", filepath.Join(imageDir, prog), pkg)
 			cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 			if out, err := cmd.CombinedOutput(); err != nil {
 				imageErr = fmt.Errorf("building %s: %v\n%s", prog, err, out)

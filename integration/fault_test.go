@@ -195,7 +195,7 @@ func TestFaultKilledHolder(t *testing.T) {
 	t.Logf("took over %v after the holder was killed (TTL %v)", took.Round(time.Millisecond), ttl)
 }
 
-// serverProcess is the embedded FerretDB in a process of its own (integration/cmd/ferretdb-server,
+// serverProcess is the embedded FerretDB in a process of its own (testdb/cmd/ferretdb-server,
 // built without the race detector by TestMain): it can be killed hard, and it spends a fraction
 // of the CPU that FerretDB's SQLite costs inside a race-instrumented test binary, which on a busy
 // machine is the difference between a server that answers in milliseconds and in seconds.
@@ -208,9 +208,9 @@ type serverProcess struct {
 // programs is a directory for the programs the tests build, removed when the run ends.
 var programs string
 
-// ferretdbProgram builds integration/cmd/ferretdb-server once per run.
+// ferretdbProgram builds testdb/cmd/ferretdb-server once per run.
 var ferretdbProgram = sync.OnceValues(func() (string, error) {
-	return goBuild(programs, "github.com/shylock-go/shylock/integration/cmd/ferretdb-server")
+	return goBuild(programs, "github.com/shylock-go/shylock/testdb/cmd/ferretdb-server")
 })
 
 // launch starts the server and waits until it listens.

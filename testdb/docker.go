@@ -86,7 +86,7 @@ func run(t TB, c *config, image, from, port string, opts ...testcontainers.Conta
 }
 
 // ferretServer is the package of the program FerretDBImage puts in its image.
-const ferretServer = "github.com/shylock-go/shylock/testdb/internal/cmd/ferretdb-server"
+const ferretServer = "github.com/shylock-go/shylock/testdb/cmd/ferretdb-server"
 
 // FerretDBImage builds a container image that runs FerretDB 1.x (MongoDB wire protocol, SQLite
 // storage) on port 27017, and returns its reference, for MongoContainer with WithWireImage. The

@@ -1,6 +1,7 @@
 // Command ferretdb-server runs FerretDB (MongoDB wire protocol, SQLite storage) until it is
-// sent SIGINT or SIGTERM. testdb.FerretDBImage builds it statically and runs it as the only
-// program of a FROM scratch image; it prints "ready at URI" once it accepts connections.
+// sent SIGINT or SIGTERM; it prints "ready at URI" once it accepts connections. Built statically,
+// it is the only program of the FROM scratch image testdb.FerretDBImage makes, and the project's
+// own tests run it as a process and in their images too.
 package main
 
 import (
