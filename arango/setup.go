@@ -91,16 +91,19 @@ func shardingProblem(coll string, shardKeys []string, shards int) error {
 		"use another collection (New creates it sharded by name), or re-create it with shardKeys [\"name\"]", coll, shardKeys)
 }
 
-// ensureIndexes creates the unique index on name and the TTL index on expiresAt that deletes
-// records a grace period after their expiry. ArangoDB allows one TTL index per collection and
-// cannot change one: New replaces its own TTL index if its grace period differs, and refuses a
-// TTL index of anyone else's.
+// ensureIndexes creates the unique index on name, the index on owner (see Holding) and the TTL
+// index on expiresAt that deletes records a grace period after their expiry. ArangoDB allows
+// one TTL index per collection and cannot change one: New replaces its own TTL index if its
+// grace period differs, and refuses a TTL index of anyone else's.
 func (b *Backend) ensureIndexes(ctx context.Context, c arangodb.Collection, grace time.Duration) error {
 	unique := true
 	if _, _, err := c.EnsurePersistentIndex(ctx, []string{"name"}, &arangodb.CreatePersistentIndexOptions{
 		Name: NameIndex, Unique: &unique}); err != nil {
 		return fmt.Errorf("arango: creating the unique index on name in %s (in a cluster the collection must be sharded by name): %w",
 			b.coll, err)
+	}
+	if _, _, err := c.EnsurePersistentIndex(ctx, []string{"owner"}, &arangodb.CreatePersistentIndexOptions{Name: OwnerIndex}); err != nil {
+		return fmt.Errorf("arango: creating the index on owner in %s: %w", b.coll, err)
 	}
 	indexes, err := c.Indexes(ctx)
 	if err != nil {

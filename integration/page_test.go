@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/chromedp/chromedp"
+
+	"github.com/shylock-go/shylock"
 )
 
 // chromium returns the path of a Chromium to drive, or "" if there is none.
@@ -23,20 +25,27 @@ func chromium() string {
 	return ""
 }
 
-// TestServePage drives the web page in a real headless Chromium: it asks for the API key,
-// shows the locks with their holders, tokens and a live countdown, follows changes by push,
-// filters by prefix, and releases and extends behind a confirmation. A screenshot is saved
-// as an artifact (go test -artifacts).
+// TestServePage drives the web page in a real headless Chromium: until it has a valid API key it
+// says it cannot see the locks and why; then it shows the locks with their holders, addresses
+// ("(library)" for a lock taken through the library), start, tokens and a live countdown,
+// follows changes by push, filters by prefix, and releases, extends and sets an expiry decades
+// ahead behind a confirmation. A screenshot is saved as an artifact (go test -artifacts).
 func TestServePage(t *testing.T) {
 	browser := chromium()
 	if browser == "" {
 		t.Skip("no Chromium: install Debian's chromium package (the CI run does) to test the web page in a browser")
 	}
 	bin := build(t, "github.com/shylock-go/shylock/cmd/shylock")
-	s := startServe(t, bin, serveEnv(), "--memory", "--poll", "100ms")
+	coll := collection(t)
+	s := startServe(t, bin, serveEnv(), "--collection", coll.Name(), "--poll", "100ms")
 	var held, other relukkoLock
 	s.call(t, "POST", "/v1/locks/", `{"lock_name": "lab/scope-1", "creator": "ci job 7"}`, &held)
 	s.call(t, "POST", "/v1/locks/", `{"lock_name": "rack/switch-4", "creator": "alice"}`, &other)
+	library := shylock.New("rack/pdu-2", shylock.WithBackend(newMongo(t, coll)), shylock.WithOwner("build-7/4242"), shylock.WithTTL(time.Hour))
+	if ok, err := library.TryAcquire(context.Background()); !ok || err != nil {
+		t.Fatalf("the library's lock: %v, %v", ok, err)
+	}
+	defer func() { _ = library.Release(context.Background()) }()
 
 	alloc, cancel := chromedp.NewExecAllocator(context.Background(), append(chromedp.DefaultExecAllocatorOptions[:],
 		chromedp.ExecPath(browser), chromedp.NoSandbox, chromedp.Headless, chromedp.DisableGPU,
@@ -57,15 +66,67 @@ func TestServePage(t *testing.T) {
 		}
 		return v
 	}
+	// Without a key, and with a wrong one, the page says it cannot see the locks, and why.
+	blind := func(why string) {
+		t.Helper()
+		waitFor(t, func() bool { return strings.Contains(text("#status"), why) })
+		status, empty := text("#status"), text("#empty")
+		if !strings.Contains(status, "cannot see the locks") || !strings.Contains(empty, "Cannot see the locks: "+why) ||
+			strings.Contains(status, "live") || strings.Contains(empty, "No lock is held") || text("#locks") != "" {
+			t.Fatalf("without a valid key the page says %q and %q, and shows %q", status, empty, text("#locks"))
+		}
+	}
+	if err := chromedp.Do(ctx, chromedp.Navigate(s.url+"/"), chromedp.WaitVisible(chromedp.ID("key"))); err != nil {
+		t.Fatalf("the page: %v", err)
+	}
+	blind("this server needs an API key")
 	err := chromedp.Do(ctx,
-		chromedp.Navigate(s.url+"/"),
-		chromedp.WaitVisible(chromedp.ID("key")), // the server wants a key the page does not have yet
-		chromedp.SendKeys(chromedp.ID("keyInput"), s.key),
+		chromedp.SendKeys(chromedp.ID("keyInput"), "wrong"),
 		chromedp.Click(chromedp.CSS("#key button")), // as a user would: Submit would bypass the form's handler
+		chromedp.WaitVisible(chromedp.ID("key")),
+	)
+	if err != nil {
+		t.Fatalf("a wrong key: %v", err)
+	}
+	blind("the API key was refused")
+	err = chromedp.Do(ctx,
+		chromedp.SendKeys(chromedp.ID("keyInput"), s.key),
+		chromedp.Click(chromedp.CSS("#key button")),
 		chromedp.WaitVisible(chromedp.CSS(row(held.ID))),
 	)
 	if err != nil {
 		t.Fatalf("the page: %v", err)
+	}
+	if status := text("#status"); status != "live" {
+		t.Fatalf("with the key the page's status is %q", status)
+	}
+	libraryID := ""
+	waitFor(t, func() bool {
+		var all []relukkoLock
+		s.call(t, "GET", "/v1/locks/", "", &all)
+		for _, l := range all {
+			if l.LockName == "rack/pdu-2" {
+				libraryID = l.ID
+			}
+		}
+		return libraryID != ""
+	})
+	cells := func(id string) []string {
+		t.Helper()
+		v, err := chromedp.Run(ctx, chromedp.Evaluate[[]string](fmt.Sprintf(`[...document.querySelector(%q).cells].map(c => c.textContent)`, row(id))))
+		if err != nil {
+			t.Fatalf("the cells of %s: %v", id, err)
+		}
+		return v
+	}
+	if head := text("thead"); !strings.Contains(head, "Held since") {
+		t.Errorf("the table's head %q has no Held since", head)
+	}
+	if c := cells(libraryID); len(c) < 4 || c[1] != "build-7/4242" || c[2] != "(library)" {
+		t.Errorf("the library's lock shows %q; want its label as holder and (library) as its address", c)
+	}
+	if c := cells(held.ID); len(c) < 4 || c[2] != "127.0.0.1" || !strings.Contains(c[3], fmt.Sprint(time.Now().Year())) {
+		t.Errorf("an API lock shows %q; want its address and when it was taken", c)
 	}
 	table, first := text("#locks"), text(row(held.ID)+" .countdown")
 	time.Sleep(1200 * time.Millisecond)
@@ -133,5 +194,19 @@ func TestServePage(t *testing.T) {
 		s.call(t, "GET", "/v1/locks/"+added.ID, "", &l)
 		exp, err := time.Parse(time.RFC3339Nano, l.ExpiresAt)
 		return err == nil && time.Until(exp) > 14*time.Minute
+	})
+
+	// An expiry decades ahead, as Relukko's users pin a resource while they debug.
+	if _, err := chromedp.Run(ctx, chromedp.Evaluate[bool](`window.prompt = () => "2099-12-31T12:34:56.789Z"; true`)); err != nil {
+		t.Fatal(err)
+	}
+	if err := chromedp.Do(ctx, chromedp.Click(chromedp.CSS(row(added.ID)+" button.expire"))); err != nil {
+		t.Fatalf("expire at: %v", err)
+	}
+	years := fmt.Sprintf("%dy ", time.Until(time.Date(2099, 12, 31, 12, 34, 56, 0, time.UTC))/(365*24*time.Hour))
+	waitFor(t, func() bool {
+		var l relukkoLock
+		s.call(t, "GET", "/v1/locks/"+added.ID, "", &l)
+		return l.ExpiresAt == "2099-12-31T12:34:56.789Z" && strings.HasPrefix(text(row(added.ID)+" .countdown"), years)
 	})
 }

@@ -13,8 +13,9 @@ import (
 
 // Index names this package creates.
 const (
-	NameIndex = "shylock_name_unique"
-	TTLIndex  = "shylock_expiresAt_ttl"
+	NameIndex  = "shylock_name_unique"
+	TTLIndex   = "shylock_expiresAt_ttl"
+	OwnerIndex = "shylock_owner" // finds a holding by its owner, and the held records (see shylock.Holdings)
 )
 
 // index is one entry of listIndexes, read raw so that no option the driver's specification type
@@ -34,6 +35,7 @@ type index struct {
 // indexState is what the collection's indexes provide.
 type indexState struct {
 	unique  bool // a unique index on name that protects every record
+	owner   bool // an index on owner
 	ttl     bool // a TTL index on expiresAt with the backend's grace period
 	ttlName string
 	ttlWant int64 // seconds the TTL index should have
@@ -79,6 +81,8 @@ func (st *indexState) add(ix index) error {
 		st.unique = true
 	case ix.Name == NameIndex:
 		return errors.New("on other keys than name")
+	case key == "owner":
+		st.owner = true
 	case key == "expiresAt" && ix.ExpireAfter.Type != 0:
 		secs, ok := ix.ExpireAfter.AsInt64OK()
 		if d, isDouble := ix.ExpireAfter.DoubleOK(); isDouble && d != float64(secs) {
@@ -106,6 +110,12 @@ func (b *Backend) ensureIndexes(ctx context.Context) error {
 	st, err := b.ensureUniqueLocked(ctx)
 	if err != nil {
 		return err
+	}
+	if !st.owner {
+		_, err := b.coll.Indexes().CreateOne(ctx, mongo.IndexModel{Keys: bson.D{{Key: "owner", Value: 1}}, Options: options.Index().SetName(OwnerIndex)})
+		if err != nil {
+			return fmt.Errorf("mongo: creating the index on owner of %s: %w", b.coll.Name(), err)
+		}
 	}
 	switch {
 	case st.ttl || b.noTTL:

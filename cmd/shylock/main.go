@@ -5,6 +5,7 @@
 //	shylock release --force NAME
 //	shylock watch [--prefix P] [--interval D] [--for D]
 //	shylock run [--ttl D] [--no-wait | --wait D] NAME -- COMMAND [ARGS...]
+//	shylock serve [--addr HOST:PORT] [--api-key KEY]... [--max-lease D] [--memory]
 //	shylock version
 //
 // Flags may come before or after a command's arguments; after "--" everything is an argument.

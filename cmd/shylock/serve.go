@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/subtle"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -17,6 +16,7 @@ import (
 	"golang.org/x/net/netutil"
 
 	"github.com/shylock-go/shylock"
+	"github.com/shylock-go/shylock/cmd/shylock/internal/serve"
 	"github.com/shylock-go/shylock/memory"
 )
 
@@ -44,7 +44,8 @@ func runServe(ctx context.Context, e *env, args []string) int {
 	keyFile := fs.String("api-key-file", "", "a file of API keys, one per line")
 	certFile := fs.String("tls-cert", "", "serve HTTPS with this certificate (PEM) ...")
 	keyPEM := fs.String("tls-key", "", "... and this private key (PEM)")
-	maxLease := fs.Duration("max-lease", 24*time.Hour, "the longest lease a client may ask for (keep_alive, expires_at; at most 7 days)")
+	maxLease := fs.Duration("max-lease", 0, "the longest lease a client may set (keep_alive, add_to_expire_at, expires_at); 0: up to 200 years, "+
+		"as Relukko's users pin a resource")
 	useMemory := fs.Bool("memory", false, "serve from process memory: one replica, nothing kept (demos and tests)")
 	poll := fs.Duration("poll", 250*time.Millisecond, "how often to read the locks for the broadcast and the page (releases and expiries elsewhere)")
 	maxConns := fs.Int("max-conns", 1024, "the most connections served at once, WebSockets included; more wait")
@@ -56,8 +57,8 @@ func runServe(ctx context.Context, e *env, args []string) int {
 		return e.failf(exitUsage, "serve takes no arguments")
 	case (*certFile == "") != (*keyPEM == ""):
 		return e.failf(exitUsage, "--tls-cert and --tls-key go together")
-	case *maxLease < shylock.MinTTL || *maxLease > shylock.MaxTTL:
-		return e.fail(exitUsage, fmt.Errorf("--max-lease: %w", shylock.ValidateTTL(*maxLease)))
+	case *maxLease != 0 && (*maxLease < shylock.MinTTL || *maxLease > shylock.MaxAmendTTL):
+		return e.failf(exitUsage, "--max-lease %v: give 0 (up to 200 years) or a duration between %v and 1752000h (200 years)", *maxLease, shylock.MinTTL)
 	case *poll <= 0 || *maxConns <= 0:
 		return e.failf(exitUsage, "--poll and --max-conns must be positive")
 	}
@@ -94,15 +95,18 @@ func runServe(ctx context.Context, e *env, args []string) int {
 	ln = netutil.LimitListener(ln, *maxConns)
 
 	log := slog.New(slog.NewTextHandler(e.stderr, nil))
-	s := newServer(b, apiKeys, *maxLease, *poll, log)
-	srv := &http.Server{Handler: s.routes(), ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 2 * time.Minute,
+	s, err := serve.New(serve.Config{Backend: b, Keys: apiKeys, MaxLease: *maxLease, Poll: *poll, Log: log})
+	if err != nil {
+		_ = ln.Close()
+		return e.fail(exitError, err)
+	}
+	srv := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 2 * time.Minute,
 		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
 
 	sctx, stop := context.WithCancel(ctx)
 	defer stop()
 	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() { defer wg.Done(); s.hub.run(sctx) }()
+	wg.Go(func() { s.Run(sctx) })
 
 	fmt.Fprintf(e.stdout, "listening on %s://%s\n", scheme, ln.Addr())
 	if len(apiKeys) == 0 {
@@ -119,7 +123,7 @@ func runServe(ctx context.Context, e *env, args []string) int {
 		<-served
 	}
 	stop()
-	s.hub.closeAll()
+	s.CloseSockets()
 	wg.Wait()
 	if err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return e.fail(exitError, err)
@@ -153,13 +157,4 @@ func collectKeys(flags []string, file, env string) ([][]byte, error) {
 		}
 	}
 	return keys, nil
-}
-
-// keyOK reports whether key is one of keys, comparing each in constant time.
-func keyOK(keys [][]byte, key string) bool {
-	ok := 0
-	for _, k := range keys {
-		ok |= subtle.ConstantTimeCompare(k, []byte(key))
-	}
-	return ok == 1
 }

@@ -1,4 +1,4 @@
-package main
+package serve
 
 import (
 	"context"
@@ -19,7 +19,7 @@ func TestBroadcasterLeavesNothingRunning(t *testing.T) {
 	defer goleak.VerifyNone(t)
 	m := memory.New()
 	defer m.Close()
-	h := newBroadcaster(m, 20*time.Millisecond, newMetrics(), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	h := newBroadcaster(m, m, 20*time.Millisecond, newMetrics(), newHealth(nil), slog.New(slog.NewTextHandler(io.Discard, nil)))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); h.run(ctx) }()

@@ -1,6 +1,7 @@
-package main
+package serve
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"log/slog"
@@ -13,17 +14,21 @@ import (
 	"github.com/shylock-go/shylock"
 )
 
-// broadcaster tells WebSocket clients about the locks. It reads every lock from the backend at
-// each poll (and at once after a change through this replica, and at the next expiry): a lock
-// that was held and is not any more was released (here, by another replica or by a library
-// user) or expired, and Relukko's clients on /ws/broadcast get {"deleted": lock} for it, so that
-// their waiting acquires try again. Pages on /ws/locks get every change of the list. Where the
-// backend pushes releases (change streams, release events), a name a client was refused for is
-// also followed that way, and a release of it elsewhere starts a poll at once.
+// broadcaster tells WebSocket clients about the locks. It reads the held locks at each poll (and
+// at once after a change through this replica, and at the next expiry), through the index on
+// owner, so a poll costs what the held locks cost, not the released records kept for the grace
+// period: a lock that was held and is not any more was released (here, by another replica or by
+// a library user) or expired, and Relukko's clients on /ws/broadcast get {"deleted": lock} for
+// it, so that their waiting acquires try again. Pages on /ws/locks get every change of the list,
+// and of whether the lock store can be read. Where the backend pushes releases (change streams,
+// release events), a name a client was refused for is also followed that way, and a release of
+// it elsewhere starts a poll at once. Each poll's outcome tells the health check.
 type broadcaster struct {
+	store   shylock.Holdings
 	b       shylock.Backend
 	every   time.Duration
 	metrics *metrics
+	health  *health
 	log     *slog.Logger
 	kick    chan struct{}
 
@@ -33,12 +38,18 @@ type broadcaster struct {
 	watched   map[string]watched       // by name and owner: holders a 409 here named, not yet judged by a poll
 	polls     uint64                   // polls started
 	pageLocks []byte                   // the locks of the last snapshot sent to pages
+	pageErr   string                   // and why they could not be read
 	page      []byte                   // that snapshot
-	err       error                    // of the last poll
 	follow    map[string]chan struct{} // by name: the names followed through the backend; closing one stops it
 	stopped   bool                     // run has ended: nothing more is followed
 	followers sync.WaitGroup
 }
+
+// The reasons /ws/locks gives for closing a page's socket without a valid key.
+const (
+	pageKeyNeeded  = "this server needs an API key"
+	pageKeyRefused = "the API key was refused"
+)
 
 // maxFollowed bounds the names followed through the backend's notifications; beyond it, the
 // polls alone find releases elsewhere.
@@ -68,8 +79,8 @@ func (c *client) close(code websocket.StatusCode, why string) {
 	})
 }
 
-func newBroadcaster(b shylock.Backend, every time.Duration, m *metrics, log *slog.Logger) *broadcaster {
-	return &broadcaster{b: b, every: every, metrics: m, log: log, kick: make(chan struct{}, 1),
+func newBroadcaster(store shylock.Holdings, b shylock.Backend, every time.Duration, m *metrics, h *health, log *slog.Logger) *broadcaster {
+	return &broadcaster{store: store, b: b, every: every, metrics: m, health: h, log: log, kick: make(chan struct{}, 1),
 		clients: map[*client]struct{}{}, held: map[string]shylock.Info{}, watched: map[string]watched{},
 		follow: map[string]chan struct{}{}}
 }
@@ -148,6 +159,11 @@ func (h *broadcaster) deleted(in shylock.Info) {
 func (h *broadcaster) send(msg []byte, page bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	h.sendLocked(msg, page)
+}
+
+// sendLocked is send with h.mu held.
+func (h *broadcaster) sendLocked(msg []byte, page bool) {
 	for c := range h.clients {
 		if c.page != page {
 			continue
@@ -187,34 +203,32 @@ func (h *broadcaster) run(ctx context.Context) {
 	}
 }
 
-// poll reads the locks, reports the ones that went, and returns when to poll next: at the
+// poll reads the held locks, reports the ones that went, and returns when to poll next: at the
 // interval, or sooner when a lease ends before it.
 func (h *broadcaster) poll(ctx context.Context) time.Duration {
 	h.mu.Lock()
 	h.polls++
 	poll := h.polls
 	h.mu.Unlock()
-	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	infos, err := h.b.List(pctx, "")
+	pctx, cancel := context.WithTimeout(ctx, callTimeout)
+	infos, err := h.store.Held(pctx)
 	cancel()
-	h.mu.Lock()
-	h.err = err
-	h.mu.Unlock()
+	if ctx.Err() != nil {
+		return h.every
+	}
+	h.health.record(err)
 	if err != nil {
-		if ctx.Err() == nil {
-			h.log.Warn("shylock serve: reading the locks failed; retrying", "err", err)
-		}
+		h.log.Warn("shylock serve: reading the locks failed; retrying", "err", err)
+		h.snapshot(nil, err)
 		return h.every
 	}
 	now := map[string]shylock.Info{}
 	next := h.every
-	var page []lockDTO
+	page := []lockDTO{}
 	for _, in := range infos {
-		if in.Held {
-			now[in.Owner] = in
-			page = append(page, dto(in))
-			next = min(next, in.Remaining+time.Millisecond)
-		}
+		now[in.Owner] = in
+		page = append(page, dto(in))
+		next = min(next, in.Remaining+time.Millisecond)
 	}
 	h.mu.Lock()
 	var gone []shylock.Info
@@ -242,27 +256,36 @@ func (h *broadcaster) poll(ctx context.Context) time.Duration {
 		h.deleted(in)
 	}
 	h.metrics.held.Set(float64(len(now)))
-	locks, _ := json.Marshal(page)
-	h.mu.Lock()
-	changed := string(locks) != string(h.pageLocks)
-	h.pageLocks = locks
-	if changed {
-		// The server's time lets the page count down by the server's clock, not the browser's.
-		h.page, _ = json.Marshal(map[string]any{"locks": json.RawMessage(locks), "now": time.Now().UTC().Format(relukkoTimes)})
-	}
-	snapshot := h.page
-	h.mu.Unlock()
-	if changed {
-		h.send(snapshot, true)
-	}
+	h.snapshot(page, nil)
 	return next
 }
 
-// lastErr is the error of the last read of the locks, nil if it succeeded.
-func (h *broadcaster) lastErr() error {
+// pageMsg is what pages get: the held locks, or, when the lock store cannot be read, why, with
+// the locks last seen; and the server's time, so that a page counts down by the server's clock,
+// not the browser's.
+type pageMsg struct {
+	Locks json.RawMessage `json:"locks"`
+	Error string          `json:"error,omitempty"`
+	Now   string          `json:"now"`
+}
+
+// snapshot sends the pages what they show, if it changed since the last snapshot.
+func (h *broadcaster) snapshot(locks []lockDTO, err error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	return h.err
+	msg := pageMsg{Locks: h.pageLocks}
+	if err != nil {
+		msg.Error = "the lock store cannot be read: " + text(err)
+	} else {
+		msg.Locks, _ = json.Marshal(locks)
+	}
+	if h.page != nil && bytes.Equal(msg.Locks, h.pageLocks) && msg.Error == h.pageErr {
+		return
+	}
+	h.pageLocks, h.pageErr = msg.Locks, msg.Error
+	msg.Now = time.Now().UTC().Format(relukkoTimes)
+	h.page, _ = json.Marshal(msg)
+	h.sendLocked(h.page, true)
 }
 
 // serveBroadcast is Relukko's /ws/broadcast.
@@ -271,15 +294,23 @@ func (h *broadcaster) serveBroadcast(w http.ResponseWriter, r *http.Request) {
 }
 
 // servePage is /ws/locks, for the web page: a browser cannot set headers on a WebSocket, so the
-// page sends the API key (or nothing) as its first message, never in the URL.
+// page sends the API key (or nothing) as its first message, never in the URL. A refusal closes
+// the socket with a reason the page shows.
 func (h *broadcaster) servePage(keys [][]byte) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		h.serve(w, r, true, func(ctx context.Context, conn *websocket.Conn) bool {
 			rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 			defer cancel()
 			_, key, err := conn.Read(rctx)
-			if err != nil || len(keys) > 0 && !keyOK(keys, string(key)) {
-				_ = conn.Close(websocket.StatusPolicyViolation, "missing or unknown API key")
+			switch {
+			case err != nil:
+				_ = conn.Close(websocket.StatusPolicyViolation, "no API key arrived")
+				return false
+			case len(keys) > 0 && len(key) == 0:
+				_ = conn.Close(websocket.StatusPolicyViolation, pageKeyNeeded)
+				return false
+			case len(keys) > 0 && !keyOK(keys, string(key)):
+				_ = conn.Close(websocket.StatusPolicyViolation, pageKeyRefused)
 				return false
 			}
 			return true
