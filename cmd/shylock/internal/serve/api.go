@@ -86,14 +86,12 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request) error {
 	defer cancel()
 	req := shylock.AcquireRequest{Name: *body.LockName, Owner: newOwner(), Label: joinLabel(creator, clientIP(r)),
 		TTL: min(newLease, s.maxLease)}
+	sent := time.Now()
 	lease, err := s.acquire(ctx, req, wait)
+	s.metrics.hook(ctx, shylock.Event{Kind: shylock.EventAttempt, Name: req.Name, Token: lease.Token, Err: err, Took: time.Since(sent)})
 	if err != nil {
-		if errors.Is(err, shylock.ErrLocked) {
-			s.metrics.conflicts.Inc()
-		}
 		return err
 	}
-	s.metrics.acquires.Inc()
 	s.hub.changed()
 	at := lease.ExpiresAt.Add(-req.TTL) // stamped by the server, as the expiry was
 	writeJSON(w, http.StatusCreated, dto(shylock.Info{Name: req.Name, Owner: req.Owner, Label: req.Label, Token: lease.Token,
@@ -241,7 +239,7 @@ func (s *Server) release(ctx context.Context, in shylock.Info) error {
 	if err := s.b.Release(ctx, in.Name, in.Owner, in.Token); err != nil {
 		return err
 	}
-	s.metrics.releases.Inc()
+	s.metrics.hook(ctx, shylock.Event{Kind: shylock.EventReleased, Name: in.Name, Token: in.Token, Held: time.Since(in.AcquiredAt)})
 	s.hub.released(in)
 	return nil
 }

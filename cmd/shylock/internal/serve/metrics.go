@@ -1,12 +1,16 @@
 package serve
 
 import (
+	"context"
+	"errors"
 	"net/http"
 	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/shylock-go/shylock"
 )
 
 // metrics are what /metrics shows, as this replica sees them.
@@ -40,6 +44,19 @@ func newMetrics() *metrics {
 	m.reg.MustRegister(m.held, m.sockets, m.acquires, m.conflicts, m.releases, m.gone, m.latency,
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	return m
+}
+
+// hook counts what happens to locks from the library's events (shylock.Hook), the events the
+// library's own locks report, so that the service and a program's hooks count alike.
+func (m *metrics) hook(_ context.Context, e shylock.Event) {
+	switch {
+	case e.Kind == shylock.EventAttempt && e.Err == nil:
+		m.acquires.Inc()
+	case e.Kind == shylock.EventAttempt && errors.Is(e.Err, shylock.ErrLocked):
+		m.conflicts.Inc()
+	case e.Kind == shylock.EventReleased && e.Err == nil:
+		m.releases.Inc()
+	}
 }
 
 func (m *metrics) handler() http.Handler { return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}) }
