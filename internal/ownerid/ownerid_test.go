@@ -1,6 +1,9 @@
 package ownerid
 
-import "testing"
+import (
+	"strings"
+	"testing"
+)
 
 func TestUniqueAndHex(t *testing.T) {
 	seen := map[string]bool{}
@@ -13,5 +16,15 @@ func TestUniqueAndHex(t *testing.T) {
 			t.Fatalf("id %q repeated", id)
 		}
 		seen[id] = true
+	}
+}
+
+// TestVersion4UUID: ids are RFC 4122 version-4 UUIDs, as the lock service shows them to clients.
+func TestVersion4UUID(t *testing.T) {
+	for range 1000 {
+		id := New()
+		if id[12] != '4' || !strings.ContainsRune("89ab", rune(id[16])) {
+			t.Fatalf("id %q is not a version-4 UUID (version nibble %c, variant nibble %c)", id, id[12], id[16])
+		}
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/shylock-go/shylock"
+	"github.com/shylock-go/shylock/internal/ownerid"
 )
 
 // Relukko's v1 API, as its clients use it. No call on a lock's id ever takes a lock: they change
@@ -84,7 +85,7 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request) error {
 	}
 	ctx, cancel := bounded(r, wait)
 	defer cancel()
-	req := shylock.AcquireRequest{Name: *body.LockName, Owner: newOwner(), Label: joinLabel(creator, clientIP(r)),
+	req := shylock.AcquireRequest{Name: *body.LockName, Owner: ownerid.New(), Label: joinLabel(creator, clientIP(r)),
 		TTL: min(newLease, s.maxLease)}
 	sent := time.Now()
 	lease, err := s.acquire(ctx, req, wait)
