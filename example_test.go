@@ -146,3 +146,65 @@ func ExampleLock_Lost() {
 	}
 	// Output: lost: shylock: release "jobs/reindex": lock not held: lock lost (another owner may have held it meanwhile)
 }
+
+// A refused attempt says who holds the lock, from the attempt itself: no second, racy read.
+func ExampleLock_Holder() {
+	backend := memory.New()
+	defer backend.Close()
+	ctx := context.Background()
+	_, _ = shylock.New("reports/nightly", shylock.WithBackend(backend), shylock.WithOwner("cron on host-1")).TryAcquire(ctx)
+
+	l := shylock.New("reports/nightly", shylock.WithBackend(backend))
+	if ok, err := l.TryAcquire(ctx); !ok && err == nil {
+		h, _ := l.Holder()
+		fmt.Printf("busy: held by %q\n", h.Label)
+	}
+	// Acquire's error carries the same, for errors.As.
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Millisecond)
+	defer cancel()
+	var held *shylock.HeldError
+	if err := l.Acquire(wctx); errors.As(err, &held) {
+		fmt.Printf("gave up waiting for %q\n", held.Label)
+	}
+	// Output:
+	// busy: held by "cron on host-1"
+	// gave up waiting for "cron on host-1"
+}
+
+// Hooks see every event of a lock's life; here they count acquisitions and time held. The
+// module github.com/shylock-go/shylock/otel turns them into OpenTelemetry metrics and spans.
+func ExampleWithHook() {
+	backend := memory.New()
+	defer backend.Close()
+	acquired := 0
+	count := func(_ context.Context, e shylock.Event) {
+		switch e.Kind {
+		case shylock.EventAcquired:
+			acquired++
+		case shylock.EventReleased:
+			fmt.Printf("released %s after holding it a while: %v\n", e.Name, e.Held > 0)
+		}
+	}
+	for range 2 {
+		_ = shylock.Do(context.Background(), "jobs/reindex", func(context.Context) error { return nil },
+			shylock.WithBackend(backend), shylock.WithHook(count))
+	}
+	fmt.Println("acquired", acquired, "times")
+	// Output:
+	// released jobs/reindex after holding it a while: true
+	// released jobs/reindex after holding it a while: true
+	// acquired 2 times
+}
+
+// Until says when the lease ends by this process's clock, for work that must finish before.
+func ExampleLock_Until() {
+	backend := memory.New()
+	defer backend.Close()
+	l := shylock.New("migrations/tenant-7", shylock.WithBackend(backend), shylock.WithTTL(time.Minute))
+	if ok, _ := l.TryAcquire(context.Background()); ok {
+		left := time.Until(l.Until())
+		fmt.Println("time left under a minute:", left > 50*time.Second && left <= time.Minute)
+	}
+	// Output:
+	// time left under a minute: true
+}
