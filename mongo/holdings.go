@@ -13,6 +13,7 @@ import (
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
 
 	"github.com/shylock-go/shylock"
+	"github.com/shylock-go/shylock/internal/janitor"
 )
 
 // Holding implements shylock.Holdings. The index on owner (OwnerIndex) finds the record; claims,
@@ -183,7 +184,7 @@ func (b *Backend) undoneChange(ctx context.Context, name string, rec record) (bo
 		case err != nil:
 			return true, err
 		}
-		if err := sleep(ctx, 10*time.Millisecond); err != nil {
+		if err := janitor.Sleep(ctx, 10*time.Millisecond); err != nil {
 			return true, err
 		}
 	}
@@ -212,16 +213,5 @@ func claimsAbove(name string, token int64) bson.D {
 // changeLands is how long an amendment waits for a change of holder whose claim it found: the
 // change's write follows its claim by a round trip.
 const changeLands = 500 * time.Millisecond
-
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
 
 var _ shylock.Holdings = (*Backend)(nil)
