@@ -71,21 +71,24 @@ func startArangoContainer(t *testing.T, image string) string {
 	return endpoint
 }
 
+// suiteArango is a backend on db's collection "locks" for a suite whose leases are as short as
+// 50 ms, which a cluster's default offset (500 ms) refuses; TestArangoMaxClockOffset covers the
+// offset.
+func suiteArango(t *testing.T, db arangodb.Database) shylock.Backend {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	b, err := arango.New(ctx, db, "locks", arango.WithMaxClockOffset(10*time.Millisecond))
+	if err != nil {
+		t.Fatalf("arango.New: %v", err)
+	}
+	t.Cleanup(b.Close)
+	return b
+}
+
 func TestArangoConformance(t *testing.T) {
 	checkLibraryLeaks(t)
 	db := arangoDatabase(t)
-	shylocktest.Run(t, func(t *testing.T) shylock.Backend {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		// The suite's leases are as short as 50 ms, which a cluster's default offset (500 ms)
-		// refuses; TestArangoMaxClockOffset covers the offset.
-		b, err := arango.New(ctx, db, "locks", arango.WithMaxClockOffset(10*time.Millisecond))
-		if err != nil {
-			t.Fatalf("arango.New: %v", err)
-		}
-		t.Cleanup(b.Close)
-		return b
-	})
+	shylocktest.Run(t, func(t *testing.T) shylock.Backend { return suiteArango(t, db) })
 }
 
 // TestArangoConcurrentSetup: many processes start at once and all create the collection.

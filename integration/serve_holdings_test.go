@@ -3,10 +3,8 @@ package integration
 import (
 	"context"
 	"testing"
-	"time"
 
 	"github.com/shylock-go/shylock"
-	"github.com/shylock-go/shylock/arango"
 	"github.com/shylock-go/shylock/mongo"
 	"github.com/shylock-go/shylock/shylocktest"
 )
@@ -33,14 +31,5 @@ func TestServeHoldingsMongo(t *testing.T) {
 
 func TestServeHoldingsArango(t *testing.T) {
 	db := arangoDatabase(t)
-	shylocktest.RunHoldings(t, func(t *testing.T) shylock.Backend {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		b, err := arango.New(ctx, db, "locks", arango.WithMaxClockOffset(10*time.Millisecond))
-		if err != nil {
-			t.Fatalf("arango.New: %v", err)
-		}
-		t.Cleanup(b.Close)
-		return b
-	})
+	shylocktest.RunHoldings(t, func(t *testing.T) shylock.Backend { return suiteArango(t, db) })
 }
