@@ -14,7 +14,7 @@ func (l *Lock) hold(cfg config, req AcquireRequest, lease Lease, sent time.Time,
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	h := &holding{cfg: cfg, owner: req.Owner, token: lease.Token, acquired: sent,
-		ttl: cfg.ttl, valid: lease.Valid, deadline: sent.Add(trusted(lease.Valid)), lost: l.lost, pending: pending}
+		ttl: cfg.ttl, valid: lease.Valid, leased: sent, deadline: sent.Add(trusted(lease.Valid)), lost: l.lost, pending: pending}
 	l.h, l.holder = h, nil
 	h.timer = time.AfterFunc(time.Until(h.deadline), func() { l.expire(h) })
 	if cfg.autoRenew {
@@ -77,7 +77,7 @@ func (l *Lock) extended(h *holding, lease Lease, ttl time.Duration, sent time.Ti
 	if h.isLost || l.h != h {
 		return false
 	}
-	h.ttl, h.valid, h.deadline = ttl, lease.Valid, sent.Add(trusted(lease.Valid))
+	h.ttl, h.valid, h.leased, h.deadline = ttl, lease.Valid, sent, sent.Add(trusted(lease.Valid))
 	h.timer.Reset(time.Until(h.deadline))
 	return true
 }
@@ -99,10 +99,12 @@ func (l *Lock) renew(ctx context.Context, h *holding) {
 	for {
 		// Renew a third of the way into the lease, which leaves two thirds of it for retries.
 		// That is TTL/3 unless the backend's clock is uncertain enough to shorten the lease.
+		// The lease runs from when its request was sent: after a slow reply, renewal may be
+		// due on arrival.
 		l.mu.Lock()
-		ttl, valid := h.ttl, h.valid
+		ttl, due := h.ttl, h.leased.Add(h.valid/3)
 		l.mu.Unlock()
-		if !sleep(valid / 3) {
+		if !sleep(max(time.Until(due), 0)) {
 			return
 		}
 		if cfg.maxHold > 0 {

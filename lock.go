@@ -40,6 +40,7 @@ type holding struct {
 	// Guarded by Lock.mu.
 	ttl      time.Duration
 	valid    time.Duration // of the last lease: how long it was good for from its request
+	leased   time.Time     // local clock, when the request of the last lease was sent
 	deadline time.Time     // local clock; past it the lease may have expired on the server
 	isLost   bool
 	lost     chan struct{}

@@ -79,6 +79,19 @@ type faulty struct {
 	unavailable  atomic.Bool  // acquires fail without leaving the process
 	hangRelease  atomic.Bool  // releases get no answer until their context ends
 	abandoned    atomic.Int32 // calls of Abandon
+	slowAcquire  atomic.Int64 // a successful acquire's reply comes this many nanoseconds late
+}
+
+// late holds a reply back for d, or until ctx ends.
+func late(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 func (f *faulty) Abandon(name, owner string, ttl time.Duration) {
@@ -98,6 +111,9 @@ func (f *faulty) Acquire(ctx context.Context, req shylock.AcquireRequest) (shylo
 	lease, err := f.Backend.Acquire(ctx, req)
 	if err == nil && f.loseAcquire.Add(-1) >= 0 {
 		return shylock.Lease{}, errTransient
+	}
+	if err == nil {
+		err = late(ctx, time.Duration(f.slowAcquire.Load()))
 	}
 	return lease, err
 }
@@ -173,6 +189,25 @@ func TestTransientRenewalErrors(t *testing.T) {
 	err := l.Release(ctx)
 	if !errors.Is(err, shylock.ErrNotHeld) || !errors.Is(err, shylock.ErrLost) {
 		t.Fatalf("Release after loss: %v, want ErrNotHeld and ErrLost", err)
+	}
+}
+
+// TestRenewalCountsFromTheRequest: a lease runs from when its request was sent, so after a reply
+// that took most of it the first renewal is due at once, not a third of a lease later, when the
+// lease has run out.
+func TestRenewalCountsFromTheRequest(t *testing.T) {
+	f := &faulty{Backend: newMemory(t)}
+	const ttl, slow = 1200 * time.Millisecond, 850 * time.Millisecond // more than 2/3 of the lease
+	f.slowAcquire.Store(int64(slow))
+	l := shylock.New("x", shylock.WithBackend(f), shylock.WithTTL(ttl), shylock.WithAutoRenew(true))
+	if ok, err := l.TryAcquire(ctx); !ok || err != nil {
+		t.Fatal(ok, err)
+	}
+	if closedWithin(l.Lost(), 3*ttl) {
+		t.Fatalf("lost after %d renewals, when the reply to its acquire took %v of a %v lease", f.extendCalls.Load(), slow, ttl)
+	}
+	if err := l.Release(ctx); err != nil {
+		t.Fatal(err)
 	}
 }
 
