@@ -25,7 +25,8 @@ func (l *Lock) Acquire(ctx context.Context) error {
 
 // TryAcquire makes one attempt, which lasts at most AttemptTimeout even when ctx has no
 // deadline. It returns (true, nil) when the lock is now held, (false, nil) when another owner
-// holds it (Holder then says who), and (false, err) when the attempt failed; then, as with
+// holds it or a waiter of another process has the next turn (Holder then says who, or
+// HeldError.Queued), and (false, err) when the attempt failed; then, as with
 // Acquire, the error says whether the lock may stay taken.
 func (l *Lock) TryAcquire(ctx context.Context) (bool, error) {
 	return l.acquire(ctx, false)
@@ -59,6 +60,16 @@ func (l *Lock) AcquireAsync(ctx context.Context) <-chan error {
 	return ch
 }
 
+// party is this process's id in the locks' queues (see AcquireRequest.Queue).
+var party = ownerid.New()
+
+// queued reports whether err is a refusal of a free lock whose turn is another process's. The
+// poller then has nothing new to learn about the holder: the waiter waits for its next wake-up.
+func queued(err error) bool {
+	var h *HeldError
+	return errors.As(err, &h) && h.Queued
+}
+
 func (l *Lock) acquire(ctx context.Context, wait bool) (bool, error) {
 	cfg, err := resolve(l.name, l.opts)
 	if err != nil {
@@ -82,7 +93,7 @@ func (l *Lock) acquire(ctx context.Context, wait bool) (bool, error) {
 	}()
 
 	began := time.Now()
-	req := AcquireRequest{Name: l.name, Owner: ownerid.New(), Label: cfg.label, TTL: cfg.ttl}
+	req := AcquireRequest{Name: l.name, Owner: ownerid.New(), Label: cfg.label, TTL: cfg.ttl, Queue: party, Wait: wait}
 	var (
 		poll    = backoff.New(cfg.retryMin, cfg.retryMax)
 		errBo   = backoff.New(cfg.retryMin, max(cfg.retryMax, time.Second)) // an outage is not a busy lock
@@ -164,10 +175,10 @@ func (l *Lock) acquire(ctx context.Context, wait bool) (bool, error) {
 		if !locked && !errors.Is(err, ErrUnavailable) {
 			pending = true
 		}
-		if ctx.Err() != nil {
-			continue
-		}
 		if !wait {
+			if ctx.Err() != nil {
+				continue
+			}
 			if locked {
 				return giveUp(nil) // a single attempt, whose outcome is known: nothing pending
 			}
@@ -176,11 +187,16 @@ func (l *Lock) acquire(ctx context.Context, wait bool) (bool, error) {
 		if n, ok := cfg.backend.(Notifier); ok && sub == nil {
 			// Subscribed only once an attempt has failed, so an uncontended acquire costs
 			// the attempt alone. A release between that attempt and this subscription is not
-			// missed: the shared poller probes at once for a new subscriber.
+			// missed: the shared poller probes at once for a new subscriber. Subscribed even
+			// when ctx has ended: the refusal may have put this process in the lock's queue,
+			// and the subscription's end takes it out.
 			sub = n.Subscribe(l.name, cfg.retryMin, cfg.retryMax)
 			defer sub.Close()
-		} else if sub != nil && locked && woken {
+		} else if sub != nil && locked && woken && !queued(err) {
 			sub.Missed() // another owner got in first; its expiry must wake us
+		}
+		if ctx.Err() != nil {
+			continue
 		}
 		var wake <-chan struct{}
 		if sub != nil {

@@ -27,7 +27,17 @@ type Backend interface {
 	// Each success issues a fencing token greater than every token issued before for that name,
 	// except that a holder taking its own lock again keeps its token and acquisition time: no
 	// other holding came between. It returns an error wrapping ErrLocked when another owner
-	// holds the name, and changes nothing then.
+	// holds the name, and changes nothing then but req's place in the name's queue.
+	//
+	// Turns are fair across processes: each name has a queue of parties (see
+	// AcquireRequest.Queue), each entry with the time it joined and a lease of QueueLease. An
+	// attempt refused while req.Wait puts req.Queue in the queue, or renews its entry there,
+	// unless the holding that refused it is req.Queue's own (its turn goes on); an attempt
+	// takes a lock that nobody holds only when no live entry of another party joined before
+	// req.Queue's (a refusal then is a HeldError with Queued set), and taking it removes
+	// req.Queue's entry, so that its next waiter joins at the end. Entries whose lease ran out
+	// by the backend's clock count for nothing. So a party that has the lock to itself keeps
+	// no entry, and pays nothing for the queue.
 	Acquire(ctx context.Context, req AcquireRequest) (Lease, error)
 
 	// Extend sets the expiry of the holding (name, owner, token) to ttl from now. It returns an
@@ -73,7 +83,21 @@ type AcquireRequest struct {
 	Owner string        // random id of this holding; only it can extend or release
 	Label string        // human-readable description of the holder, stored for operators
 	TTL   time.Duration // how long the lease lasts without renewal
+
+	// Queue is the party the attempt stands in line for: the Lock sets it to an id of its
+	// process, which all its waiters share, so that turns alternate between processes while
+	// each process hands the lock to its own waiters in the order they came. Empty: the
+	// attempt has no place in any queue and gets no turn while another party waits.
+	Queue string
+	// Wait says that the caller waits for the lock if refused: the refusal puts Queue in
+	// the name's queue, or renews its entry.
+	Wait bool
 }
+
+// QueueLease is how long an entry in a lock's queue lasts unless renewed. A waiting process
+// renews its entries every QueueLease/3, so a process that died blocks nobody for longer, and
+// a waiter that gives up removes its process's entry at once when it was the last one waiting.
+const QueueLease = 6 * time.Second
 
 // Lease is the outcome of a successful Acquire or Extend.
 type Lease struct {

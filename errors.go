@@ -78,9 +78,15 @@ type HeldError struct {
 	Label     string    // the holder's label (see WithOwner)
 	Token     uint64    // the holding's fencing token
 	ExpiresAt time.Time // when its lease ends, by the backend's clock
+	// Queued says that nobody held the lock, but a waiter of another process had been waiting
+	// longer: the turn is that process's (see Backend.Acquire).
+	Queued bool
 }
 
 func (e *HeldError) Error() string {
+	if e.Queued {
+		return ErrLocked.Error() + ": " + quote.Name(e.Name) + " is free, but a waiter of another process came first and has the next turn"
+	}
 	msg := ErrLocked.Error() + ": " + quote.Name(e.Name) + " is held"
 	if e.Label != "" {
 		msg += fmt.Sprintf(" by %q", e.Label)

@@ -80,8 +80,8 @@ func WithMaxHold(d time.Duration) Option {
 // up to max or a second, whichever is longer.
 //
 // Rule of thumb: max is the handoff latency you accept across processes where releases are not
-// pushed (ArangoDB, FerretDB 2.x); each waiting process then sends about 1/max probes per second
-// for each name it waits on, however many goroutines wait. Measured on FerretDB, the defaults give
+// pushed (ArangoDB, FerretDB 2.x); each waiting process then sends about 1/max probes per second,
+// each one query for every name it waits on, however many goroutines and names wait. Measured on FerretDB, the defaults give
 // a cross-process handoff of 26 ms at the median (Python's shylock polls every 62.5 ms) for 25
 // probes a second; a max of 1s gives 447 ms for 1.3.
 func WithRetry(min, max time.Duration) Option {

@@ -44,6 +44,7 @@ import (
 	"github.com/shylock-go/shylock"
 	"github.com/shylock-go/shylock/internal/clock"
 	"github.com/shylock-go/shylock/internal/janitor"
+	"github.com/shylock-go/shylock/internal/ownerid"
 	"github.com/shylock-go/shylock/internal/waiter"
 )
 
@@ -91,7 +92,7 @@ func New(ctx context.Context, db arangodb.Database, collection string, opts ...O
 	}
 	b := &Backend{db: db, coll: collection, log: s.log, readOnly: s.readOnly, janitor: janitor.New(s.log)}
 	b.clock = clock.New(time.Now, b.serverTime)
-	b.hub = waiter.New(b.probe)
+	b.hub = waiter.New(b.probe, &waiter.Queue{Renew: b.renewQueue, Leave: b.leaveQueue, Every: shylock.QueueLease / 3})
 	if s.offset != nil {
 		b.offset = *s.offset
 	} else {
@@ -169,6 +170,7 @@ type record struct {
 	AcquiredAt float64 `json:"acquiredAt"`
 	RenewedAt  float64 `json:"renewedAt"`
 	ExpiresAt  float64 `json:"expiresAt"`
+	Party      string  `json:"party,omitempty"` // ownerid.QueueKey of the holder's party
 }
 
 // withNow is a record read together with the server's clock in milliseconds.
@@ -202,17 +204,27 @@ func (w withNow) left(offset time.Duration) time.Duration {
 	return time.Duration((w.Doc.ExpiresAt*1000-w.Now)*float64(time.Millisecond)) + offset
 }
 
-// probe tells a waiter whether name may be taken now, and if not, how long at most until its
-// lease ends and the clock offset has passed.
-func (b *Backend) probe(ctx context.Context, name string) (bool, time.Duration, error) {
-	row, err := b.read(ctx, name)
-	if err != nil || row.Doc == nil || row.Doc.Owner == "" {
-		return false, 0, err
+// probe tells the waiters of names which of them may be taken now, and for each that may not,
+// how long at most until its lease ends and the clock offset has passed. One query asks about
+// all of them.
+func (b *Backend) probe(ctx context.Context, names []string) (map[string]time.Duration, error) {
+	held := map[string]time.Duration{}
+	err := b.run(ctx, b.probeQuery(names), func(c arangodb.Cursor) error {
+		var row withNow
+		if _, err := c.ReadDocument(ctx, &row); err != nil {
+			return err
+		}
+		if row.Doc != nil && row.Doc.Owner != "" {
+			if left := row.left(b.offset); left > 0 {
+				held[row.Doc.Name] = left
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
-	if left := row.left(b.offset); left > 0 {
-		return true, left, nil
-	}
-	return false, 0, nil
+	return held, nil
 }
 
 // read reads name's record with the server's time.
@@ -299,9 +311,9 @@ func (b *Backend) Acquire(ctx context.Context, req shylock.AcquireRequest) (shyl
 	}
 	deadline := janitor.AttemptDeadline(ctx, hi, shylock.AttemptTimeout, b.offset)
 	b.inflight.Note(req.Owner, deadline)
-	var row *leaseRow
-	err = b.run(ctx, b.acquireQuery(req.Name, req.Owner, req.Label, req.TTL, deadline), func(c arangodb.Cursor) error {
-		row = new(leaseRow)
+	var row *acquireRow
+	err = b.run(ctx, b.acquireQuery(req, deadline), func(c arangodb.Cursor) error {
+		row = new(acquireRow)
 		_, err := c.ReadDocument(ctx, row)
 		return err
 	})
@@ -316,12 +328,31 @@ func (b *Backend) Acquire(ctx context.Context, req shylock.AcquireRequest) (shyl
 	case err != nil:
 		return shylock.Lease{}, fmt.Errorf("arango: acquire %q: %w", req.Name, err)
 	case row == nil:
-		// A reply before the attempt's own deadline: the server judged it in time, so the
-		// lock is held.
-		return shylock.Lease{}, &shylock.HeldError{Name: req.Name} // the query returns nothing of a holding it did not take
+		return shylock.Lease{}, fmt.Errorf("arango: acquire %q: the query returned no row", req.Name)
+	case row.Lease == nil:
+		if req.Wait && (row.State == "queued" || row.State == "held" && row.Doc != nil && row.Doc.Party != ownerid.QueueKey(req.Queue)) {
+			b.hub.Joined(req.Name, req.Queue)
+		}
+		switch {
+		case row.State == "queued":
+			return shylock.Lease{}, &shylock.HeldError{Name: req.Name, Queued: true}
+		case row.State == "held" && row.Doc != nil:
+			return shylock.Lease{}, held(req.Name, *row.Doc)
+		}
+		// A late attempt's reply came before its own deadline: the server judged it in time,
+		// so this is not the state it saw but a clock uncertainty: say it is held.
+		return shylock.Lease{}, &shylock.HeldError{Name: req.Name}
 	}
+	b.hub.Took(req.Name, req.Queue)
 	// The server stamped the expiry after this request was sent.
-	return shylock.Lease{Token: uint64(row.Token), ExpiresAt: seconds(row.ExpiresAt), Valid: req.TTL - b.offset}, nil
+	return shylock.Lease{Token: uint64(row.Lease.Token), ExpiresAt: seconds(row.Lease.ExpiresAt), Valid: req.TTL - b.offset}, nil
+}
+
+// acquireRow is what acquireAQL returns.
+type acquireRow struct {
+	State string    `json:"state"`
+	Doc   *record   `json:"doc"`
+	Lease *leaseRow `json:"lease"`
 }
 
 // validateName is shylock.ValidateName, and more: the name must be in Unicode normalization form
@@ -481,3 +512,13 @@ var (
 	_ shylock.Backend  = (*Backend)(nil)
 	_ shylock.Notifier = (*Backend)(nil)
 )
+
+// renewQueue renews party's entries in the queues of names, in one query.
+func (b *Backend) renewQueue(ctx context.Context, party string, names []string) error {
+	return b.run(ctx, b.renewQueueQuery(party, names), nil)
+}
+
+// leaveQueue takes party's entry out of name's queue.
+func (b *Backend) leaveQueue(ctx context.Context, party, name string) error {
+	return b.run(ctx, b.leaveQueueQuery(party, name), nil)
+}

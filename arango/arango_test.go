@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -12,6 +13,7 @@ import (
 	"github.com/arangodb/go-driver/v2/arangodb/shared"
 
 	"github.com/shylock-go/shylock"
+	"github.com/shylock-go/shylock/internal/ownerid"
 	"github.com/shylock-go/shylock/shylocktest"
 )
 
@@ -21,7 +23,10 @@ var hostile = []string{`orders/42`, `" RETURN 1 //`, "x` FOR d IN c REMOVE d IN 
 func TestQueriesTakeValuesOnlyAsBindParameters(t *testing.T) {
 	b := &Backend{coll: "locks"}
 	builders := map[string]func(name string) query{
-		"acquire":      func(n string) query { return b.acquireQuery(n, "owner-1", "label-1", 30*time.Second, time.Now()) },
+		"acquire": func(n string) query {
+			return b.acquireQuery(shylock.AcquireRequest{Name: n, Owner: "owner-1", Label: "label-1", TTL: 30 * time.Second, Queue: n, Wait: true}, time.Now())
+		},
+		"leaveQueue":   func(n string) query { return b.leaveQueueQuery(n, n) },
 		"extend":       func(n string) query { return b.extendQuery(n, "owner-1", 7, time.Minute) },
 		"release":      func(n string) query { return b.releaseQuery(n, "owner-1", 0) },
 		"forceRelease": func(n string) query { return b.forceReleaseQuery(n) },
@@ -62,7 +67,7 @@ func TestQueriesTakeValuesOnlyAsBindParameters(t *testing.T) {
 				t.Errorf("%s: the query uses @%s but it is not bound", op, k)
 			}
 		}
-		if !strings.Contains(first.text, "DATE_NOW()") && op != "release" {
+		if !strings.Contains(first.text, "DATE_NOW()") && op != "release" && op != "leaveQueue" {
 			t.Errorf("%s: the query does not read the server's clock", op)
 		}
 	}
@@ -71,11 +76,11 @@ func TestQueriesTakeValuesOnlyAsBindParameters(t *testing.T) {
 func TestQueriesCarryTheirValues(t *testing.T) {
 	b := &Backend{coll: "locks"}
 	deadline := time.UnixMilli(1795489158314)
-	q := b.acquireQuery("n", "o", "l", 1500*time.Millisecond, deadline)
+	q := b.acquireQuery(shylock.AcquireRequest{Name: "n", Owner: "o", Label: "l", TTL: 1500 * time.Millisecond}, deadline)
 	if q.bind["ttl"] != int64(1500) || q.bind["owner"] != "o" || q.bind["label"] != "l" || q.bind["deadline"] != int64(1795489158314) {
 		t.Fatalf("acquire binds %v", q.bind)
 	}
-	if !strings.Contains(acquireAQL, "FILTER now <= @deadline") {
+	if !strings.Contains(acquireAQL, `LET state = now > @deadline ? "late"`) || !strings.Contains(acquireAQL, "FOR x IN taking || (@wait && (state == \"queued\" || (state == \"held\" && cur.party != @party)))") {
 		t.Error("acquire does not refuse an attempt that reaches the server after its deadline")
 	}
 	q = b.extendQuery("n", "o", 1795489158314003, time.Second)
@@ -90,7 +95,7 @@ func TestQueriesCarryTheirValues(t *testing.T) {
 	if !strings.Contains(acquireAQL, "cur.expiresAt * 1000 + @offset < now") {
 		t.Error("acquire does not judge expiry with the server's clock and the clock offset")
 	}
-	if b.acquireQuery("n", "o", "l", time.Second, deadline).bind["offset"] != int64(0) {
+	if b.acquireQuery(shylock.AcquireRequest{Name: "n", Owner: "o", Label: "l", TTL: time.Second}, deadline).bind["offset"] != int64(0) {
 		t.Error("acquire does not bind the clock offset")
 	}
 	for _, q := range []string{releaseAQL, forceReleaseAQL} {
@@ -259,5 +264,59 @@ func TestNamesMustBeNFC(t *testing.T) {
 	}
 	if err := validateName("caf\u00e9"); err != nil {
 		t.Fatalf("the composed spelling is refused: %v", err)
+	}
+}
+
+// TestProbeAsksAboutAllNamesInOneQuery: the waiters' poll is one query for every waited name,
+// whatever the names hold, bound as a list.
+func TestProbeAsksAboutAllNamesInOneQuery(t *testing.T) {
+	b := &Backend{coll: "locks"}
+	q := b.probeQuery(hostile)
+	if q.text != probeAQL || q.text != b.probeQuery([]string{"x"}).text {
+		t.Fatalf("the probe's text changes with the names: %s", q.text)
+	}
+	names, ok := q.bind["names"].([]string)
+	if !ok || !slices.Equal(names, hostile) || q.bind["@coll"] != "locks" || len(q.bind) != 2 {
+		t.Fatalf("probe binds %v", q.bind)
+	}
+	for _, want := range []string{"FILTER d.name IN @names", "DATE_NOW()"} {
+		if !strings.Contains(q.text, want) {
+			t.Errorf("the probe query lacks %q:\n%s", want, q.text)
+		}
+	}
+}
+
+// TestQueueQueries: the queue of a lock is kept in the acquire's one query, by the server's
+// clock: dead entries (seen @lease ago) count for nothing and are dropped, a party whose live
+// entry is not first does not take a free lock, a taker's entry goes and a refused waiter's is
+// written, whole (mergeObjects false), so that entries can go; a renewal asks about every name
+// at once and keeps each entry's since. Parties travel hashed, as bind parameters.
+func TestQueueQueries(t *testing.T) {
+	b := &Backend{coll: "locks"}
+	q := b.acquireQuery(shylock.AcquireRequest{Name: "n", Owner: "o", TTL: time.Second, Queue: "a.b$c", Wait: true}, time.Now())
+	if q.bind["party"] != ownerid.QueueKey("a.b$c") || q.bind["wait"] != true || q.bind["lease"] != shylock.QueueLease.Milliseconds() {
+		t.Fatalf("acquire binds %v", q.bind)
+	}
+	for _, want := range []string{
+		"FILTER cur.queue[k].seen * 1000 + @lease > now",
+		"FILTER k != @party && (mine == null || live[k].since < mine.since)",
+		`free && !ahead ? "take" : free ? "queued" : "held"`,
+		"queue: UNSET(live, @party)",
+		"queue: MERGE(live, { [@party]: { since: mine == null ? now / 1000 : mine.since, seen: now / 1000 } })",
+		"mergeObjects: false",
+	} {
+		if !strings.Contains(acquireAQL, want) {
+			t.Errorf("the acquire query lacks %q", want)
+		}
+	}
+	r := b.renewQueueQuery("p", []string{"x", "y"})
+	if !slices.Equal(r.bind["names"].([]string), []string{"x", "y"}) || r.bind["party"] != ownerid.QueueKey("p") {
+		t.Fatalf("renewal binds %v", r.bind)
+	}
+	if !strings.Contains(renewQueueAQL, "FILTER d.name IN @names && HAS(d.queue, @party)") || strings.Contains(renewQueueAQL, "mergeObjects: false") {
+		t.Errorf("the renewal must ask about all names at once and merge, keeping since:\n%s", renewQueueAQL)
+	}
+	if !strings.Contains(leaveQueueAQL, "UNSET(d.queue, @party)") || !strings.Contains(leaveQueueAQL, "ignoreRevs: false, mergeObjects: false") {
+		t.Errorf("leaving must remove the entry, and not undo another party's:\n%s", leaveQueueAQL)
 	}
 }

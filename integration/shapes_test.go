@@ -148,7 +148,27 @@ func isServerClockAcquire(cmd bson.Raw) bool {
 
 // Fields of a lock record, the only field paths a pipeline may name.
 var recordFields = map[string]bool{"$name": true, "$owner": true, "$label": true, "$token": true, "$acquiredAt": true,
-	"$renewedAt": true, "$expiresAt": true, "$createdAt": true, "$_shylockState": true}
+	"$renewedAt": true, "$expiresAt": true, "$createdAt": true, "$_shylockState": true, "$party": true, "$queue": true,
+	"$_shylockNow": true, "$_shylockLive": true, "$_shylockMine": true}
+
+// pipelineVariables are the variables the lock's pipelines bind themselves ($filter's "e",
+// $let's "q"), besides the system's $$NOW and $$REMOVE.
+var pipelineVariables = map[string]bool{"$$NOW": true, "$$REMOVE": true, "$$e": true, "$$q": true}
+
+// entryPaths are the fields whose parts the pipelines read by dotted path: the queue's entries,
+// and the caller's entry among them. No other dotted path is the library's.
+var entryPaths = []string{"$queue.", "$_shylockMine.", "$$e."}
+
+// ours reports whether s, a string starting with "$" in a pipeline, is a field or variable of
+// the library's own.
+func ours(s string) bool {
+	for _, p := range entryPaths {
+		if strings.HasPrefix(s, p) {
+			return true
+		}
+	}
+	return recordFields[s] || pipelineVariables[s]
+}
 
 // Stages MongoDB allows in an update pipeline, and the expression operators of MongoDB 4.4 that a
 // lock command may use. An operator outside this list may be newer than 4.4 (such as $getField,
@@ -159,7 +179,8 @@ var (
 	operators44 = map[string]bool{"$literal": true, "$cond": true, "$switch": true, "$eq": true, "$ne": true,
 		"$gt": true, "$gte": true, "$lt": true, "$lte": true, "$and": true, "$or": true, "$not": true, "$add": true,
 		"$subtract": true, "$multiply": true, "$max": true, "$min": true, "$ifNull": true, "$toLong": true,
-		"$toDate": true, "$in": true, "$let": true, "$mergeObjects": true}
+		"$toDate": true, "$in": true, "$let": true, "$mergeObjects": true, "$filter": true, "$objectToArray": true,
+		"$arrayToObject": true, "$first": true, "$size": true, "$concatArrays": true}
 	// Query operators a filter may use; $expr only where the command never inserts.
 	queryOperators = map[string]bool{"$gt": true, "$gte": true, "$lt": true, "$lte": true, "$ne": true, "$eq": true,
 		"$in": true, "$exists": true, "$regex": true, "$expr": true, "$or": true, "$and": true}
@@ -285,9 +306,9 @@ func checkPipeline(stages bson.Raw) []string {
 			switch {
 			case key != "" && strings.HasPrefix(key, "$") && !updateStages[key] && !operators44[key]:
 				problems = append(problems, fmt.Sprintf("operator %s is not one of MongoDB 4.4's", key))
-			case s != "" && !literal && strings.HasPrefix(s, "$$") && s != "$$NOW" && s != "$$REMOVE":
+			case s != "" && !literal && strings.HasPrefix(s, "$$") && !ours(s):
 				problems = append(problems, fmt.Sprintf("variable %q in a pipeline", s))
-			case s != "" && !literal && strings.HasPrefix(s, "$") && !strings.HasPrefix(s, "$$") && !recordFields[s]:
+			case s != "" && !literal && strings.HasPrefix(s, "$") && !strings.HasPrefix(s, "$$") && !ours(s):
 				problems = append(problems, fmt.Sprintf("%q would be read as a field path: a caller's value outside $literal?", s))
 			}
 		})

@@ -30,10 +30,15 @@ type Backend struct {
 	// per-name state has to outlive a release.
 	seq       uint64
 	sweepSize int
+	// lines holds each name's queue: the parties waiting for it, and their entries.
+	lines map[string]map[string]entry
 }
 
+// entry is a party's place in a name's queue.
+type entry struct{ since, until time.Time }
+
 type record struct {
-	owner, label                     string
+	owner, label, party              string
 	token                            uint64
 	acquiredAt, renewedAt, expiresAt time.Time
 }
@@ -61,11 +66,20 @@ func New(opts ...Option) *Backend {
 	for _, o := range opts {
 		o(&s)
 	}
-	b := &Backend{now: s.now, locks: map[string]*record{}, sweepSize: 1024}
-	b.hub = waiter.New(func(ctx context.Context, name string) (bool, time.Duration, error) {
-		info, err := b.Inspect(ctx, name)
-		return info.Held, info.Remaining, err
-	})
+	b := &Backend{now: s.now, locks: map[string]*record{}, sweepSize: 1024, lines: map[string]map[string]entry{}}
+	b.hub = waiter.New(func(ctx context.Context, names []string) (map[string]time.Duration, error) {
+		held := map[string]time.Duration{}
+		for _, name := range names {
+			info, err := b.Inspect(ctx, name)
+			if err != nil {
+				return nil, err
+			}
+			if info.Held {
+				held[name] = info.Remaining
+			}
+		}
+		return held, nil
+	}, &waiter.Queue{Renew: b.renew, Leave: b.leave, Every: shylock.QueueLease / 3})
 	b.hub.SetPushed(true) // every release happens in this process and notifies
 	return b
 }
@@ -110,18 +124,95 @@ func (b *Backend) Acquire(ctx context.Context, req shylock.AcquireRequest) (shyl
 	r := b.locks[req.Name]
 	switch {
 	case r != nil && r.owner != req.Owner && r.held(now):
+		if r.party != req.Queue {
+			b.join(req, now)
+		}
 		return shylock.Lease{}, &shylock.HeldError{Name: req.Name, Label: r.label, Token: r.token, ExpiresAt: r.expiresAt}
 	case r != nil && r.owner == req.Owner:
 		// The same holding goes on: nobody held the name in between, so its token still fences.
 		r.label, r.renewedAt, r.expiresAt = req.Label, now, now.Add(req.TTL)
 		return shylock.Lease{Token: r.token, ExpiresAt: r.expiresAt, Valid: req.TTL}, nil
+	case b.behind(req, now):
+		b.join(req, now)
+		return shylock.Lease{}, &shylock.HeldError{Name: req.Name, Queued: true}
+	}
+	if line := b.lines[req.Name]; line != nil {
+		delete(line, req.Queue)
+		b.prune(req.Name, now)
+		b.hub.Took(req.Name, req.Queue)
 	}
 	b.sweep(now)
 	b.seq++
 	exp := now.Add(req.TTL)
-	b.locks[req.Name] = &record{owner: req.Owner, label: req.Label, token: b.seq,
+	b.locks[req.Name] = &record{owner: req.Owner, label: req.Label, party: req.Queue, token: b.seq,
 		acquiredAt: now, renewedAt: now, expiresAt: exp}
 	return shylock.Lease{Token: b.seq, ExpiresAt: exp, Valid: req.TTL}, nil
+}
+
+// behind reports whether another party's live entry in req.Name's queue came before req.Queue's.
+func (b *Backend) behind(req shylock.AcquireRequest, now time.Time) bool {
+	line := b.lines[req.Name]
+	mine, queued := line[req.Queue]
+	queued = queued && req.Queue != "" && mine.until.After(now)
+	for party, e := range line {
+		if party != req.Queue && e.until.After(now) && (!queued || e.since.Before(mine.since)) {
+			return true
+		}
+	}
+	return false
+}
+
+// join puts the party of a refused attempt that waits in the name's queue, or renews its entry.
+func (b *Backend) join(req shylock.AcquireRequest, now time.Time) {
+	if !req.Wait || req.Queue == "" {
+		return
+	}
+	line := b.lines[req.Name]
+	if line == nil {
+		line = map[string]entry{}
+		b.lines[req.Name] = line
+	}
+	e, ok := line[req.Queue]
+	if !ok || !e.until.After(now) {
+		e.since = now
+	}
+	e.until = now.Add(shylock.QueueLease)
+	line[req.Queue] = e
+	b.hub.Joined(req.Name, req.Queue)
+}
+
+// prune drops the entries of name's queue whose lease ran out, and the queue once empty.
+func (b *Backend) prune(name string, now time.Time) {
+	line := b.lines[name]
+	for party, e := range line {
+		if !e.until.After(now) {
+			delete(line, party)
+		}
+	}
+	if len(line) == 0 {
+		delete(b.lines, name)
+	}
+}
+
+func (b *Backend) renew(_ context.Context, party string, names []string) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	now := b.now()
+	for _, name := range names {
+		if e, ok := b.lines[name][party]; ok && e.until.After(now) {
+			e.until = now.Add(shylock.QueueLease)
+			b.lines[name][party] = e
+		}
+	}
+	return nil
+}
+
+func (b *Backend) leave(_ context.Context, party, name string) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	delete(b.lines[name], party)
+	b.prune(name, b.now())
+	return nil
 }
 
 // sweep drops expired records once the map has doubled since the last sweep, so that names
@@ -134,6 +225,9 @@ func (b *Backend) sweep(now time.Time) {
 		if !r.held(now) {
 			delete(b.locks, name)
 		}
+	}
+	for name := range b.lines {
+		b.prune(name, now)
 	}
 	b.sweepSize = max(1024, 2*len(b.locks))
 }

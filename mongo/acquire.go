@@ -17,16 +17,18 @@ import (
 
 // record is the stored document.
 type record struct {
-	ID         bson.ObjectID `bson:"_id,omitempty"`
-	Name       string        `bson:"name"`
-	Owner      string        `bson:"owner"`
-	Label      string        `bson:"label"`
-	Token      int64         `bson:"token"`
-	AcquiredAt time.Time     `bson:"acquiredAt"`
-	RenewedAt  time.Time     `bson:"renewedAt"`
-	ExpiresAt  time.Time     `bson:"expiresAt"`
-	CreatedAt  time.Time     `bson:"createdAt"`
-	State      string        `bson:"_shylockState,omitempty"` // "late" from an attempt that arrived after its deadline
+	ID         bson.ObjectID         `bson:"_id,omitempty"`
+	Name       string                `bson:"name"`
+	Owner      string                `bson:"owner"`
+	Label      string                `bson:"label"`
+	Token      int64                 `bson:"token"`
+	AcquiredAt time.Time             `bson:"acquiredAt"`
+	RenewedAt  time.Time             `bson:"renewedAt"`
+	ExpiresAt  time.Time             `bson:"expiresAt"`
+	CreatedAt  time.Time             `bson:"createdAt"`
+	State      string                `bson:"_shylockState,omitempty"` // "late" or "queued" from the last attempt that did not take it
+	Queue      map[string]queueEntry `bson:"queue,omitempty"`
+	Party      string                `bson:"party,omitempty"` // queueKey of the holder's party
 }
 
 // A record's first token is the server's time in microseconds when it was created; later
@@ -84,8 +86,15 @@ func (b *Backend) acquireServerNow(ctx context.Context, req shylock.AcquireReque
 		return shylock.Lease{}, fmt.Errorf("mongo: acquire %q: %w: the attempt reached the server after its deadline (%s), and the server refused it",
 			req.Name, shylock.ErrUnavailable, deadline.UTC().Format(time.RFC3339Nano))
 	case rec.Owner != req.Owner:
+		if _, ok := rec.Queue[queueKey(req.Queue)]; ok && req.Wait {
+			b.hub.Joined(req.Name, req.Queue)
+		}
+		if rec.State == stateQueued {
+			return shylock.Lease{}, &shylock.HeldError{Name: req.Name, Queued: true}
+		}
 		return shylock.Lease{}, held(req.Name, rec)
 	}
+	b.hub.Took(req.Name, req.Queue)
 	// The server stamped expiresAt after this request was sent, so the lease lasts at least
 	// TTL from the caller's send time, by that server's clock.
 	return shylock.Lease{Token: uint64(rec.Token), ExpiresAt: rec.ExpiresAt, Valid: req.TTL - b.offset}, nil
@@ -114,7 +123,7 @@ func (b *Backend) upsert(ctx context.Context, req shylock.AcquireRequest, deadli
 	)
 	for range 3 {
 		rec = record{}
-		err = b.coll.FindOneAndUpdate(ctx, byName(req.Name), acquireUpdate(req.Owner, req.Label, req.TTL, b.offset, deadline),
+		err = b.coll.FindOneAndUpdate(ctx, byName(req.Name), acquireUpdate(req, b.offset, deadline),
 			options.FindOneAndUpdate().SetUpsert(true).SetReturnDocument(options.After)).Decode(&rec)
 		if err == nil {
 			break
@@ -189,8 +198,7 @@ func (b *Backend) acquireEstimated(ctx context.Context, req shylock.AcquireReque
 		return unapplied("acquire", req.Name, err)
 	}
 	for range 3 {
-		var cur record
-		err := b.coll.FindOne(ctx, byName(req.Name)).Decode(&cur)
+		cur, err := b.readEstimated(ctx, req.Name)
 		lo, hi, berr := b.server.clock.Bounds(ctx)
 		if berr != nil {
 			return shylock.Lease{}, unread(berr)
@@ -205,7 +213,7 @@ func (b *Backend) acquireEstimated(ctx context.Context, req shylock.AcquireReque
 		case errors.Is(err, mongo.ErrNoDocuments):
 			tok := firstToken(hi)
 			_, err := b.coll.InsertOne(ctx, bson.D{{Key: "name", Value: req.Name}, {Key: "owner", Value: req.Owner},
-				{Key: "label", Value: req.Label}, {Key: "token", Value: tok}, {Key: "acquiredAt", Value: now},
+				{Key: "label", Value: req.Label}, {Key: "party", Value: queueKey(req.Queue)}, {Key: "token", Value: tok}, {Key: "acquiredAt", Value: now},
 				{Key: "renewedAt", Value: now}, {Key: "expiresAt", Value: exp}, {Key: "createdAt", Value: now}})
 			if mongo.IsDuplicateKeyError(err) {
 				continue // another client created it first; look again
@@ -216,6 +224,7 @@ func (b *Backend) acquireEstimated(ctx context.Context, req shylock.AcquireReque
 			if err := b.ensureUnique(ctx); err != nil { // see upsert
 				return shylock.Lease{}, b.undoCreation(ctx, req, err)
 			}
+			b.hub.Took(req.Name, req.Queue)
 			return shylock.Lease{Token: uint64(tok), ExpiresAt: exp, Valid: valid}, nil
 		case err != nil:
 			return shylock.Lease{}, unread(err)
@@ -231,7 +240,15 @@ func (b *Backend) acquireEstimated(ctx context.Context, req shylock.AcquireReque
 			}
 			return shylock.Lease{Token: uint64(cur.Token), ExpiresAt: cur.ExpiresAt, Valid: cur.ExpiresAt.Sub(hi) - b.offset}, nil
 		case cur.Owner != "" && cur.ExpiresAt.Add(b.offset).After(lo):
+			if cur.Party != queueKey(req.Queue) {
+				b.joinEstimated(ctx, req, cur, lo, hi)
+			}
 			return shylock.Lease{}, held(req.Name, cur)
+		}
+		ahead, _, dead := queued(cur, req.Queue, lo)
+		if ahead {
+			b.joinEstimated(ctx, req, cur, lo, hi)
+			return shylock.Lease{}, &shylock.HeldError{Name: req.Name, Queued: true}
 		}
 		next := cur.Token + 1
 		won, err := b.claim(ctx, req, next, lo, exp, claimed)
@@ -242,10 +259,10 @@ func (b *Backend) acquireEstimated(ctx context.Context, req shylock.AcquireReque
 			return shylock.Lease{}, &shylock.HeldError{Name: req.Name, Token: uint64(next), ExpiresAt: exp} // being taken over by another client
 		}
 		claimed = true
-		res, err := b.coll.UpdateOne(ctx, bson.D{{Key: "_id", Value: cur.ID}, {Key: "token", Value: cur.Token}},
-			bson.D{{Key: "$set", Value: bson.D{{Key: "owner", Value: req.Owner}, {Key: "label", Value: req.Label},
-				{Key: "token", Value: next}, {Key: "acquiredAt", Value: now}, {Key: "renewedAt", Value: now},
-				{Key: "expiresAt", Value: exp}}}})
+		update := bson.D{{Key: "$set", Value: bson.D{{Key: "owner", Value: req.Owner}, {Key: "label", Value: req.Label}, {Key: "party", Value: queueKey(req.Queue)},
+			{Key: "token", Value: next}, {Key: "acquiredAt", Value: now}, {Key: "renewedAt", Value: now},
+			{Key: "expiresAt", Value: exp}}}}
+		res, err := b.coll.UpdateOne(ctx, bson.D{{Key: "_id", Value: cur.ID}, {Key: "token", Value: cur.Token}}, update)
 		if err != nil {
 			return shylock.Lease{}, opError("acquire", req.Name, err, true)
 		}
@@ -256,6 +273,9 @@ func (b *Backend) acquireEstimated(ctx context.Context, req shylock.AcquireReque
 			// Claims below the record's token have served: nobody can use one any more.
 			_, _ = b.coll.DeleteMany(ctx, bson.D{{Key: "name", Value: claimRange(req.Name)}, {Key: "token", Value: bson.D{{Key: "$lt", Value: next}}}})
 		}
+		// The taker's entry goes, so that its process's next waiter joins at the end.
+		b.leaveEstimated(ctx, req, cur, dead)
+		b.hub.Took(req.Name, req.Queue)
 		return shylock.Lease{Token: uint64(next), ExpiresAt: exp, Valid: valid}, nil
 	}
 	return shylock.Lease{}, &shylock.HeldError{Name: req.Name} // it changed hands during the attempt

@@ -30,26 +30,55 @@ func (rec *record) info(lo time.Time) shylock.Info {
 	return in
 }
 
-// probe tells a waiter whether name may be taken now, and if not, how long at most until its
-// lease ends and the clock offset has passed.
-func (b *Backend) probe(ctx context.Context, name string) (bool, time.Duration, error) {
+// probe tells the waiters of names which of them may be taken now, and for each that may not,
+// how long at most until its lease ends and the clock offset has passed. One find asks about
+// all of them, in one reply: by name where the server finds names through the unique index, and
+// as all held records on the estimate path once there are more than probeScanAbove names. The
+// servers that take the estimate path (FerretDB 1.x) find by name with a scan of every record and
+// compare each with every name of an $in, while the held records cost one comparison each.
+func (b *Backend) probe(ctx context.Context, names []string) (map[string]time.Duration, error) {
 	lo, _, err := b.server.clock.Bounds(ctx)
 	if err != nil {
-		return false, 0, err
+		return nil, err
 	}
-	var rec record
-	err = b.coll.FindOne(ctx, byName(name)).Decode(&rec)
-	switch {
-	case errors.Is(err, mongo.ErrNoDocuments):
-		return false, 0, nil
-	case err != nil:
-		return false, 0, err
+	filter := bson.D{{Key: "name", Value: bson.D{{Key: "$in", Value: names}}}}
+	opts := options.Find().SetProjection(bson.D{{Key: "name", Value: 1}, {Key: "owner", Value: 1}, {Key: "expiresAt", Value: 1}})
+	if !b.serverNow && len(names) > probeScanAbove {
+		filter = bson.D{{Key: "owner", Value: bson.D{{Key: "$gt", Value: ""}}}}
+		// Most in the first reply. Not more: FerretDB 1.24 spends time and memory in proportion
+		// to the batch size asked for (20 ms for a find of 20 records with the largest one,
+		// against 1.5 ms; and its memory grew by gigabytes a second under a poller's probes).
+		opts.SetBatchSize(probeBatch)
+	} else {
+		opts.SetLimit(int64(len(names))).SetBatchSize(int32(len(names) + 1))
 	}
-	if end := rec.ExpiresAt.Add(b.offset); rec.Owner != "" && end.After(lo) {
-		return true, end.Sub(lo), nil
+	cur, err := b.coll.Find(ctx, filter, opts)
+	if err != nil {
+		return nil, err
 	}
-	return false, 0, nil
+	defer cur.Close(context.WithoutCancel(ctx))
+	waited := make(map[string]bool, len(names))
+	for _, n := range names {
+		waited[n] = true
+	}
+	held := map[string]time.Duration{}
+	for cur.Next(ctx) {
+		var rec record
+		if err := cur.Decode(&rec); err != nil {
+			return nil, err
+		}
+		if end := rec.ExpiresAt.Add(b.offset); waited[rec.Name] && rec.Owner != "" && end.After(lo) {
+			held[rec.Name] = end.Sub(lo)
+		}
+	}
+	return held, cur.Err()
 }
+
+// probeScanAbove is how many names a probe on the estimate path asks about by name at most.
+const probeScanAbove = 8
+
+// probeBatch is the batch size of a probe that reads every held record.
+const probeBatch = 10000
 
 // Inspect implements shylock.Backend.
 func (b *Backend) Inspect(ctx context.Context, name string) (shylock.Info, error) {
@@ -95,7 +124,7 @@ func (b *Backend) List(ctx context.Context, prefix string) ([]shylock.Info, erro
 	}
 	out := make([]shylock.Info, 0, len(recs))
 	for i := range recs {
-		if strings.HasPrefix(recs[i].Name, prefix) && !strings.HasPrefix(recs[i].Name, "\x00") {
+		if strings.HasPrefix(recs[i].Name, prefix) && isLock(recs[i].Name) {
 			out = append(out, recs[i].info(lo))
 		}
 	}

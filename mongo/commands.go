@@ -5,6 +5,8 @@ import (
 
 	"go.mongodb.org/mongo-driver/v2/bson"
 	"go.mongodb.org/mongo-driver/v2/mongo"
+
+	"github.com/shylock-go/shylock"
 )
 
 // The command documents of the server-clock path. MongoDB refuses $expr in the filter of an
@@ -22,7 +24,10 @@ func lit(v any) bson.D { return bson.D{{Key: "$literal", Value: v}} }
 // acquire removes it.
 const state = "_shylockState"
 
-const stateLate = "late"
+const (
+	stateLate   = "late"
+	stateQueued = "queued" // free or expired, but another party's waiter came first
+)
 
 func byName(name string) bson.D { return bson.D{{Key: "name", Value: name}} }
 
@@ -31,8 +36,10 @@ func byName(name string) bson.D { return bson.D{{Key: "name", Value: name}} }
 // starts from the server's time in microseconds, and each later holding takes the greater of
 // that and the last token plus one. createdAt, set once, equals acquiredAt only in the holding
 // that created the record. A late attempt changes no field of a lock; one that created the record
-// leaves it free, expiring now, for the TTL index.
-func acquireUpdate(owner, label string, ttl, offset time.Duration, deadline time.Time) mongo.Pipeline {
+// leaves it free, expiring now, for the TTL index. The queue (see queue.go) decides between
+// "take" and "queued"; wait says that a refusal joins it.
+func acquireUpdate(req shylock.AcquireRequest, offset time.Duration, deadline time.Time) mongo.Pipeline {
+	owner, label, ttl := req.Owner, req.Label, req.TTL
 	is := func(s string) bson.D { return bson.D{{Key: "$eq", Value: bson.A{"$" + state, s}}} }
 	acting := bson.D{{Key: "$in", Value: bson.A{"$" + state, bson.A{"mine", "take"}}}}
 	ifActing := func(v, otherwise any) bson.D { return bson.D{{Key: "$cond", Value: bson.A{acting, v, otherwise}}} }
@@ -44,11 +51,20 @@ func acquireUpdate(owner, label string, ttl, offset time.Duration, deadline time
 		bson.D{{Key: "$add", Value: bson.A{ifNull("token", int64(0)), int64(1)}}},
 		bson.D{{Key: "$multiply", Value: bson.A{bson.D{{Key: "$toLong", Value: "$$NOW"}}, int64(1000)}}},
 	}}}
+	joins := any(false)
+	if req.Wait { // refused by the queue, or by a holding of another party
+		joins = bson.D{{Key: "$or", Value: bson.A{is(stateQueued), bson.D{{Key: "$and", Value: bson.A{
+			is("held"), bson.D{{Key: "$ne", Value: bson.A{"$party", queueKey(req.Queue)}}}}}}}}}
+	}
 	return mongo.Pipeline{
+		{{Key: "$set", Value: bson.D{{Key: nowField, Value: "$$NOW"}}}},
+		queueRead(),
+		queueMine(req.Queue),
 		{{Key: "$set", Value: bson.D{{Key: state, Value: bson.D{{Key: "$switch", Value: bson.D{
 			{Key: "branches", Value: bson.A{
 				bson.D{{Key: "case", Value: bson.D{{Key: "$gt", Value: bson.A{"$$NOW", lit(deadline)}}}}, {Key: "then", Value: stateLate}},
 				bson.D{{Key: "case", Value: bson.D{{Key: "$eq", Value: bson.A{"$owner", lit(owner)}}}}, {Key: "then", Value: "mine"}},
+				bson.D{{Key: "case", Value: bson.D{{Key: "$and", Value: bson.A{bson.D{{Key: "$or", Value: bson.A{free, expired}}}, queueAhead(req.Queue)}}}}, {Key: "then", Value: stateQueued}},
 				bson.D{{Key: "case", Value: bson.D{{Key: "$or", Value: bson.A{free, expired}}}}, {Key: "then", Value: "take"}},
 			}},
 			{Key: "default", Value: "held"},
@@ -56,13 +72,20 @@ func acquireUpdate(owner, label string, ttl, offset time.Duration, deadline time
 		{{Key: "$set", Value: bson.D{
 			{Key: "owner", Value: ifActing(lit(owner), ifNull("owner", ""))},
 			{Key: "label", Value: ifActing(lit(label), "$label")},
+			{Key: "party", Value: ifActing(queueKey(req.Queue), "$party")},
 			{Key: "token", Value: bson.D{{Key: "$cond", Value: bson.A{is("take"), nextToken, "$token"}}}},
 			{Key: "acquiredAt", Value: bson.D{{Key: "$cond", Value: bson.A{is("take"), "$$NOW", "$acquiredAt"}}}},
 			{Key: "renewedAt", Value: ifActing("$$NOW", "$renewedAt")},
 			{Key: "expiresAt", Value: ifActing(bson.D{{Key: "$add", Value: bson.A{"$$NOW", ttl.Milliseconds()}}}, ifNull("expiresAt", "$$NOW"))},
 			{Key: "createdAt", Value: ifNull("createdAt", "$$NOW")},
+			{Key: queueField, Value: queueWrite(req.Queue, acting, joins)},
 		}}},
-		{{Key: "$set", Value: bson.D{{Key: state, Value: bson.D{{Key: "$cond", Value: bson.A{is(stateLate), stateLate, "$$REMOVE"}}}}}}},
+		{{Key: "$set", Value: bson.D{
+			{Key: state, Value: bson.D{{Key: "$cond", Value: bson.A{bson.D{{Key: "$in", Value: bson.A{"$" + state, bson.A{stateLate, stateQueued}}}}, "$" + state, "$$REMOVE"}}}},
+			{Key: nowField, Value: "$$REMOVE"},
+			{Key: liveField, Value: "$$REMOVE"},
+			{Key: mineField, Value: "$$REMOVE"},
+		}}},
 	}
 }
 

@@ -71,7 +71,7 @@ func (b *Backend) findLocks(ctx context.Context, filter bson.D) ([]record, error
 	}
 	out := recs[:0]
 	for _, rec := range recs {
-		if !strings.HasPrefix(rec.Name, "\x00") { // claims and the probe's record
+		if isLock(rec.Name) {
 			out = append(out, rec)
 		}
 	}

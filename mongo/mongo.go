@@ -150,7 +150,7 @@ func New(ctx context.Context, coll *mongo.Collection, opts ...Option) (*Backend,
 			b.events = nil
 		}
 	}
-	b.hub = waiter.New(b.probe)
+	b.hub = waiter.New(b.probe, &waiter.Queue{Renew: b.renewQueue, Leave: b.leaveQueue, Every: shylock.QueueLease / 3})
 	return b, nil
 }
 
@@ -179,7 +179,7 @@ func (b *Backend) openReadOnly(ctx context.Context) (*Backend, error) {
 			b.coll.Database().Name(), b.coll.Name())
 	}
 	b.readOnly, b.noStreams = true, true
-	b.hub = waiter.New(b.probe)
+	b.hub = waiter.New(b.probe, nil)
 	return b, nil
 }
 

@@ -201,7 +201,7 @@ func TestAcquireShape(t *testing.T) {
 	if f := byName("$where"); len(f) != 1 || f[0].Key != "name" || f[0].Value != "$where" {
 		t.Fatalf("acquire filter %v; want {name: ...} alone", f)
 	}
-	raw, err := bson.Marshal(bson.D{{Key: "u", Value: acquireUpdate("OWNER", "$$LABEL", time.Second, 0, time.Now())}})
+	raw, err := bson.Marshal(bson.D{{Key: "u", Value: acquireUpdate(shylock.AcquireRequest{Owner: "OWNER", Label: "$$LABEL", TTL: time.Second, Queue: "$$PARTY", Wait: true}, 0, time.Now())}})
 	if err != nil {
 		t.Fatal(err)
 	}

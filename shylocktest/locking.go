@@ -2,6 +2,7 @@ package shylocktest
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -65,15 +66,17 @@ func testMutualExclusion(t *testing.T, s *suite) {
 // testTryAcquireRace has goroutines race TryAcquire on names nobody has used yet, so that their
 // first attempts meet while the record is being created. Exactly one wins each name; every
 // other one must be told (false, nil), not an error: a blocking Acquire would hide such errors
-// behind its retries.
+// behind its retries. The one error allowed is ErrUnavailable, "nothing was changed", which an
+// overloaded server (or a starved client, whose driver then leaves the server no time) gives
+// whatever the race; a name whose racers met it may have no winner.
 func testTryAcquireRace(t *testing.T, s *suite) {
 	const names, racers = 5, 8
 	for n := range names {
 		name := fmt.Sprintf("fresh-%d", n)
 		var (
-			wins  atomic.Int32
-			wg    sync.WaitGroup
-			start = make(chan struct{})
+			wins, unavailable atomic.Int32
+			wg                sync.WaitGroup
+			start             = make(chan struct{})
 		)
 		for r := range racers {
 			wg.Add(1)
@@ -81,7 +84,11 @@ func testTryAcquireRace(t *testing.T, s *suite) {
 				defer wg.Done()
 				<-start
 				ok, err := s.lock(name, shylock.WithTTL(time.Minute)).TryAcquire(s.ctx)
-				if err != nil {
+				switch {
+				case errors.Is(err, shylock.ErrUnavailable):
+					unavailable.Add(1)
+					t.Logf("%s: racer %d: %v", name, r, err)
+				case err != nil:
 					t.Errorf("%s: racer %d: TryAcquire = %v, %v; a loser must get false, nil", name, r, ok, err)
 				}
 				if ok {
@@ -91,7 +98,7 @@ func testTryAcquireRace(t *testing.T, s *suite) {
 		}
 		close(start)
 		wg.Wait()
-		if w := wins.Load(); w != 1 {
+		if w := wins.Load(); w > 1 || w == 0 && unavailable.Load() == 0 {
 			t.Errorf("%s: %d of %d racers acquired a fresh name; want exactly 1", name, w, racers)
 		}
 	}

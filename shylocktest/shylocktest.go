@@ -7,9 +7,9 @@
 //
 // The suite checks the guarantees a backend owns (mutual exclusion, expiry by the backend's
 // clock, owner-only release and extend, increasing fencing tokens, input validation,
-// administration) through both the Backend interface and the Lock API on top of it. Subtests run
-// in parallel on distinct names, so one shared database serves them all; every name starts with
-// a random prefix, so suites may share a collection.
+// administration, fair turns across processes) through both the Backend interface and the Lock
+// API on top of it. Subtests run in parallel on distinct names, so one shared database serves
+// them all; every name starts with a random prefix, so suites may share a collection.
 package shylocktest
 
 import (
@@ -60,6 +60,11 @@ var tests = []test{
 	{"Do", testDo},
 	{"DoCancelsOnLoss", testDoCancelsOnLoss},
 	{"InspectListForceRelease", testAdmin},
+	{"QueueTurns", testQueueTurns},
+	{"QueueEntryExpires", testQueueEntryExpires},
+	{"CancelledWaiterLeavesQueue", testCancelledWaiterLeaves},
+	{"WaitersGetTurns", testWaitersGetTurns},
+	{"WaiterKeepsItsPlace", testWaiterKeepsItsPlace},
 }
 
 // Run runs the conformance suite against the backends newBackend returns.

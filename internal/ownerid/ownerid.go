@@ -3,6 +3,7 @@ package ownerid
 
 import (
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 )
 
@@ -15,4 +16,11 @@ func New() string {
 	b[6] = b[6]&0x0f | 0x40 // version 4
 	b[8] = b[8]&0x3f | 0x80 // variant 10
 	return hex.EncodeToString(b[:])
+}
+
+// QueueKey is the key of a party's entry in a lock's queue (see shylock.AcquireRequest.Queue): a
+// hash of the party, so that whatever string a caller chose, the key is a plain field name.
+func QueueKey(party string) string {
+	h := sha256.Sum256([]byte(party))
+	return "p" + hex.EncodeToString(h[:12])
 }
