@@ -149,7 +149,7 @@ func TestMongoMultiProcess(t *testing.T) {
 	}
 	coll := collection(t)
 	journal := coll.Database().Collection(coll.Name() + "_journal")
-	t.Cleanup(func() { _ = journal.Drop(context.Background()) })
+	dropAfter(t, journal)
 	var (
 		wg   sync.WaitGroup
 		errs = make([]error, childProcesses)

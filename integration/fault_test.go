@@ -127,7 +127,7 @@ func startHolder(t *testing.T, coll *mdb.Collection, name string, ttl time.Durat
 func TestFaultPausedHolder(t *testing.T) {
 	ctx := context.Background()
 	coll := collection(t)
-	t.Cleanup(func() { _ = coll.Database().Collection(coll.Name() + "_resource").Drop(ctx) })
+	dropAfter(t, coll.Database().Collection(coll.Name()+"_resource"))
 	const ttl = time.Second
 	h := startHolder(t, coll, "paused", ttl)
 	if err := h.cmd.Process.Signal(syscall.SIGSTOP); err != nil {

@@ -121,7 +121,12 @@ type processWaiter struct {
 }
 
 func startProcessWaiter(tb testing.TB, coll *mdb.Collection, env ...string) *processWaiter {
-	cmd := child("waiter", mongoURI, coll, env...)
+	return startProcessWaiterAt(tb, mongoURI, coll, env...)
+}
+
+// startProcessWaiterAt is startProcessWaiter on the server at uri.
+func startProcessWaiterAt(tb testing.TB, uri string, coll *mdb.Collection, env ...string) *processWaiter {
+	cmd := child("waiter", uri, coll, env...)
 	in, err := cmd.StdinPipe()
 	if err != nil {
 		tb.Fatal(err)

@@ -1,0 +1,153 @@
+package integration
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"go.mongodb.org/mongo-driver/v2/bson"
+	mdb "go.mongodb.org/mongo-driver/v2/mongo"
+
+	"github.com/shylock-go/shylock"
+	"github.com/shylock-go/shylock/mongo"
+)
+
+// settleLimit bounds how long BenchmarkMongoWaitedNames waits for all its waiters to queue.
+const settleLimit = 3 * time.Minute
+
+// BenchmarkMongoWaitedNames counts the commands per second that one process's waiting sends the
+// server while it waits on 1, 10, 100 or 1,000 different names, each held elsewhere for longer
+// than the window, with and without pushed releases; and times another client's find of one
+// record (p50 and p99) during that window against the same find with nobody waiting, measured in
+// the same run. The process's pollers share one batched probe, so the cost should hardly grow
+// with the names. The window opens once every waiter has been refused once; all-waiting-s is how
+// long that took from the start of the n Acquires.
+func BenchmarkMongoWaitedNames(b *testing.B) {
+	for _, events := range []bool{true, false} {
+		for _, n := range []int{1, 10, 100, 1000} {
+			b.Run(fmt.Sprintf("events=%v/names=%d", events, n), func(b *testing.B) {
+				ctx := context.Background()
+				coll := collection(b)
+				holder := newClientBackend(b, coll, nil, mongo.WithReleaseEvents(events))
+				var commands atomic.Int64
+				waiting := newClientBackend(b, coll, &commands, mongo.WithReleaseEvents(events))
+				other := coll // the tests' own client: neither the holder's nor the waiter's
+				// Held as another process would hold them (a party of its own), so that the
+				// waiters queue and renew their entries as they do across processes.
+				var held []shylock.AcquireRequest
+				for i := range n {
+					req := shylock.AcquireRequest{Name: fmt.Sprintf("held/%d", i), Owner: fmt.Sprint("holder-", i),
+						TTL: 5 * time.Minute, Queue: "another process"}
+					if _, err := holder.Acquire(ctx, req); err != nil {
+						b.Fatal(err)
+					}
+					held = append(held, req)
+				}
+				quiet := otherClientFinds(b, other, 200)
+
+				wctx, cancel := context.WithCancel(ctx)
+				var wg sync.WaitGroup
+				var refused atomic.Int64 // waiters refused once: in their queues
+				began := time.Now()
+				for i := range n {
+					wg.Add(1)
+					var once sync.Once
+					firstRefusal := shylock.WithHook(func(_ context.Context, e shylock.Event) {
+						if e.Kind == shylock.EventAttempt && errors.Is(e.Err, shylock.ErrLocked) {
+							once.Do(func() { refused.Add(1) })
+						}
+					})
+					go func() {
+						defer wg.Done()
+						_ = shylock.New(fmt.Sprintf("held/%d", i), shylock.WithBackend(waiting), firstRefusal).Acquire(wctx)
+					}()
+				}
+				stop := func() {
+					cancel()
+					wg.Wait()
+				}
+
+				// The window opens once every waiter has been refused once. Each first attempt
+				// reads its record: where the server finds by scanning (FerretDB 1.x), that is
+				// n scans of n records and their entries.
+				for refused.Load() < int64(n) {
+					if time.Since(began) > settleLimit {
+						stop() // the collection is this benchmark's alone: its records expire by their TTL
+						b.Skipf("after %v, %d of %d waiters had been refused once: the server cannot answer "+
+							"the first attempts of so many at once (it scans every record for each)", settleLimit, refused.Load(), n)
+					}
+					time.Sleep(10 * time.Millisecond)
+				}
+				settled := time.Since(began)
+				time.Sleep(2 * time.Second) // polls backed off
+				before, start := commands.Load(), time.Now()
+				var busy []time.Duration
+				for b.Loop() {
+					busy = append(busy, otherClientFinds(b, other, 4)...)
+				}
+				b.ReportMetric(float64(commands.Load()-before)/time.Since(start).Seconds(), "server-cmds/s")
+				b.ReportMetric(float64(median(busy).Microseconds())/1000, "other-p50-ms")
+				b.ReportMetric(float64(percentile(busy, 99).Microseconds())/1000, "other-p99-ms")
+				quiet = append(quiet, otherClientFinds(b, other, 200)...) // before and after: the machine's load drifts
+				b.ReportMetric(float64(median(busy))/float64(median(quiet)), "other-p50-ratio")
+				b.ReportMetric(settled.Seconds(), "all-waiting-s")
+				b.ReportMetric(0, "ns/op")
+				stop()
+				for _, h := range held {
+					_ = holder.Release(ctx, h.Name, h.Owner, 0)
+				}
+			})
+		}
+	}
+}
+
+// otherClientFinds times count finds of one record by another client, 5ms apart.
+func otherClientFinds(b *testing.B, coll *mdb.Collection, count int) []time.Duration {
+	var out []time.Duration
+	for range count {
+		start := time.Now()
+		if err := coll.FindOne(context.Background(), bson.D{{Key: "name", Value: "held/0"}}).Err(); err != nil {
+			b.Fatalf("another client's find, after %v: %v", time.Since(start), err)
+		}
+		out = append(out, time.Since(start))
+		time.Sleep(5 * time.Millisecond)
+	}
+	return out
+}
+
+// TestUncontendedAcquireCostsWhatTryAcquireCosts: a blocking Acquire that meets no holder sends
+// the commands of a TryAcquire and nothing more: no subscription, and no probe of a poller,
+// before an attempt has failed.
+func TestUncontendedAcquireCostsWhatTryAcquireCosts(t *testing.T) {
+	ctx := context.Background()
+	coll := collection(t)
+	var commands atomic.Int64
+	backend := newClientBackend(t, coll, &commands)
+	count := func(blocking bool) int64 {
+		before := commands.Load()
+		for i := range 20 {
+			l := shylock.New(fmt.Sprintf("%v/%d", blocking, i), shylock.WithBackend(backend))
+			if blocking {
+				if err := l.Acquire(ctx); err != nil {
+					t.Fatal(err)
+				}
+			} else if ok, err := l.TryAcquire(ctx); !ok || err != nil {
+				t.Fatal(ok, err)
+			}
+			if err := l.Release(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return commands.Load() - before
+	}
+	try, acquire := count(false), count(true)
+	// A clock sample (hello) may fall into either run.
+	if acquire > try+1 {
+		t.Fatalf("20 uncontended Acquire+Release sent %d commands, 20 TryAcquire+Release %d", acquire, try)
+	}
+	t.Logf("20 uncontended Acquire+Release: %d commands; TryAcquire+Release: %d", acquire, try)
+}
