@@ -243,6 +243,43 @@ func (m *stallMeter) stop() time.Duration {
 	return time.Duration(m.worst.Load())
 }
 
+// renewals records what happened to a renewed holding, so that a check that finds it lost can
+// say how: which renewals went out, how long each took, and why the loss was declared.
+type renewals struct {
+	start time.Time
+	mu    sync.Mutex
+	log   []string
+}
+
+func newRenewals() *renewals { return &renewals{start: time.Now()} }
+
+// hook is the option that feeds r.
+func (r *renewals) hook() shylock.Option {
+	return shylock.WithHook(func(_ context.Context, e shylock.Event) {
+		switch e.Kind {
+		case shylock.EventAcquired, shylock.EventRenewed, shylock.EventRenewFailed, shylock.EventLost:
+		default:
+			return
+		}
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		line := fmt.Sprintf("%v: %v", time.Since(r.start).Round(time.Millisecond), e.Kind)
+		if e.Took > 0 {
+			line += fmt.Sprintf(" (took %v)", e.Took.Round(time.Millisecond))
+		}
+		if e.Err != nil {
+			line += ": " + e.Err.Error()
+		}
+		r.log = append(r.log, line)
+	})
+}
+
+func (r *renewals) String() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return strings.Join(r.log, "; ")
+}
+
 // leaseScales are the factors a timing-sensitive check scales its leases by, one attempt each.
 var leaseScales = []time.Duration{1, 3, 9}
 
