@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/shylock-go/shylock"
+	"github.com/shylock-go/shylock/internal/janitor"
 	"github.com/shylock-go/shylock/memory"
 )
 
@@ -82,18 +83,6 @@ type faulty struct {
 	slowAcquire  atomic.Int64 // a successful acquire's reply comes this many nanoseconds late
 }
 
-// late holds a reply back for d, or until ctx ends.
-func late(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
-
 func (f *faulty) Abandon(name, owner string, ttl time.Duration) {
 	f.abandoned.Add(1)
 	f.Backend.Abandon(name, owner, ttl)
@@ -113,7 +102,7 @@ func (f *faulty) Acquire(ctx context.Context, req shylock.AcquireRequest) (shylo
 		return shylock.Lease{}, errTransient
 	}
 	if err == nil {
-		err = late(ctx, time.Duration(f.slowAcquire.Load()))
+		err = janitor.Sleep(ctx, time.Duration(f.slowAcquire.Load()))
 	}
 	return lease, err
 }
