@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -427,14 +428,17 @@ func TestLeaseHistoryMongo(t *testing.T) {
 }
 
 // isAcquireWrite reports whether c is a write by which an acquire takes a lock: the server-clock
-// findAndModify, the insert of a record or a claim, or the update of a takeover.
+// findAndModify, the insert of a record or a claim, or the delete of a record taken over.
 func isAcquireWrite(c wireCommand) bool { return c.Name == "insert" || isTakeoverWrite(c) }
 
-// isTakeoverWrite reports whether c is the write that changes a lock's holder: the
-// server-clock findAndModify, or the update after a won claim.
+// isTakeoverWrite reports whether c is a write that changes a lock's holder: the server-clock
+// findAndModify; on other servers, after a won claim, the delete of the old record or the
+// insert of the new one.
 func isTakeoverWrite(c wireCommand) bool {
+	lock := c.Lock() != "" && !strings.Contains(c.Lock(), "\x00") // not a claim or a queue entry
 	return c.Name == "findAndModify" && c.Pipeline && str(c.Filter, "owner") == "" ||
-		c.Name == "update" && str(c.Set, "owner") != ""
+		c.Name == "delete" && lock && c.Filter.Lookup("token").Type != 0 ||
+		c.Name == "insert" && lock && str(c.Doc, "owner") != ""
 }
 
 // isExtend reports whether c is an extension: a findAndModify of one owner's holding.

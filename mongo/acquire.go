@@ -29,6 +29,10 @@ type record struct {
 	State      string                `bson:"_shylockState,omitempty"` // "late" or "queued" from the last attempt that did not take it
 	Queue      map[string]queueEntry `bson:"queue,omitempty"`
 	Party      string                `bson:"party,omitempty"` // queueKey of the holder's party
+	Take       bool                  `bson:"take,omitempty"`  // a claim of a takeover's, not of a release's or an extend's
+
+	// On the estimate path, read with the record: the claim of the highest token of its name.
+	claim *record
 }
 
 // A record's first token is the server's time in microseconds when it was created; later
@@ -186,9 +190,9 @@ func (b *Backend) undoCreation(ctx context.Context, req shylock.AcquireRequest, 
 // clients could both take one free record. Only inserts under the unique index are atomic
 // there, so a takeover first inserts a claim record for the next token, named
 // "\x00<name>\x00<token>" (no lock name contains NUL): one client wins it, and only that one
-// updates the lock's record. The record itself is never deleted here, so tokens simply count on;
-// only a new name (or one whose record was deleted) starts from the server's clock in
-// microseconds.
+// replaces the lock's record with its own (a delete and an insert), so tokens simply count on;
+// only a new name (or one whose record was deleted otherwise, or taken by a new record between
+// a takeover's delete and its insert) starts from the server's clock in microseconds.
 func (b *Backend) acquireEstimated(ctx context.Context, req shylock.AcquireRequest) (shylock.Lease, error) {
 	claimed := false // a claim of this attempt's may be on the server: it changed something
 	unread := func(err error) error {
@@ -210,6 +214,12 @@ func (b *Backend) acquireEstimated(ctx context.Context, req shylock.AcquireReque
 		case valid <= 0:
 			return shylock.Lease{}, fmt.Errorf("mongo: acquire %q: the server clock is uncertain by %v, more than the TTL %v less the clock offset %v; use a longer TTL",
 				req.Name, hi.Sub(lo), req.TTL, b.offset)
+		case errors.Is(err, mongo.ErrNoDocuments) && cur.claim != nil && cur.claim.Take && cur.claim.Owner != req.Owner && cur.claim.ExpiresAt.Add(b.offset).After(lo):
+			// The last change of holder is a takeover, between its delete of the old record and
+			// its insert of its own: the turn is its taker's, who holds the lock the moment its
+			// insert lands. (A record deleted behind the library's back while a taker's lease
+			// runs is refused as well, until that lease's end.)
+			return shylock.Lease{}, &shylock.HeldError{Name: req.Name, Token: uint64(cur.claim.Token), ExpiresAt: cur.claim.ExpiresAt}
 		case errors.Is(err, mongo.ErrNoDocuments):
 			tok := firstToken(hi)
 			_, err := b.coll.InsertOne(ctx, bson.D{{Key: "name", Value: req.Name}, {Key: "owner", Value: req.Owner},
@@ -259,15 +269,25 @@ func (b *Backend) acquireEstimated(ctx context.Context, req shylock.AcquireReque
 			return shylock.Lease{}, &shylock.HeldError{Name: req.Name, Token: uint64(next), ExpiresAt: exp} // being taken over by another client
 		}
 		claimed = true
-		update := bson.D{{Key: "$set", Value: bson.D{{Key: "owner", Value: req.Owner}, {Key: "label", Value: req.Label}, {Key: "party", Value: queueKey(req.Queue)},
-			{Key: "token", Value: next}, {Key: "acquiredAt", Value: now}, {Key: "renewedAt", Value: now},
-			{Key: "expiresAt", Value: exp}}}}
-		res, err := b.coll.UpdateOne(ctx, bson.D{{Key: "_id", Value: cur.ID}, {Key: "token", Value: cur.Token}}, update)
+		// The new holding is a new document, not an update of the old one: these servers
+		// write an update back by the _id they read, so a release or an extend of the old
+		// holding that reached the server late would rewrite this holding (free it, or give
+		// it back), whereas against a new _id it changes nothing.
+		res, err := b.coll.DeleteOne(ctx, bson.D{{Key: "_id", Value: cur.ID}, {Key: "name", Value: req.Name}, {Key: "token", Value: cur.Token}})
 		if err != nil {
 			return shylock.Lease{}, opError("acquire", req.Name, err, true)
 		}
-		if res.MatchedCount == 0 {
-			continue // deleted behind our back; look again
+		if res.DeletedCount == 0 {
+			continue // changed or deleted behind our back; look again
+		}
+		_, err = b.coll.InsertOne(ctx, bson.D{{Key: "name", Value: req.Name}, {Key: "owner", Value: req.Owner},
+			{Key: "label", Value: req.Label}, {Key: "party", Value: queueKey(req.Queue)}, {Key: "token", Value: next},
+			{Key: "acquiredAt", Value: now}, {Key: "renewedAt", Value: now}, {Key: "expiresAt", Value: exp}, {Key: "createdAt", Value: cur.CreatedAt}})
+		if mongo.IsDuplicateKeyError(err) {
+			continue // a new record of the name came in between; look again
+		}
+		if err != nil {
+			return shylock.Lease{}, opError("acquire", req.Name, err, true)
 		}
 		if next/sweepEvery != (cur.Token-1)/sweepEvery { // the release before may have taken a token too
 			// Claims below the record's token have served: nobody can use one any more.
@@ -301,7 +321,7 @@ func (b *Backend) claim(ctx context.Context, req shylock.AcquireRequest, next in
 	name := claimName(req.Name, next)
 	for range 2 {
 		_, err := b.coll.InsertOne(ctx, bson.D{{Key: "name", Value: name}, {Key: "owner", Value: req.Owner},
-			{Key: "token", Value: next}, {Key: "expiresAt", Value: exp}})
+			{Key: "token", Value: next}, {Key: "expiresAt", Value: exp}, {Key: "take", Value: true}})
 		if err == nil {
 			return true, nil
 		}

@@ -51,10 +51,10 @@ func (b *Backend) Extend(ctx context.Context, name, owner string, token uint64, 
 }
 
 // extendEstimated extends on servers that rewrite a matched record without checking the filter
-// again. An extend there could otherwise land inside a takeover's update and give the lock back
-// to its old holder, whose token the next taker would then repeat; so, as a release does, it
-// first claims the next token, which keeps takeovers off until the update has landed, and gives
-// the claim up after it.
+// again. An extend there could otherwise land between a taker's read of the expired record and
+// its replacement of it, and its holder would trust a lease that the taker has just taken; so,
+// as a release does, it first claims the next token, which keeps takeovers off until the update
+// has landed, and gives the claim up after it.
 func (b *Backend) extendEstimated(ctx context.Context, name, owner string, token uint64, ttl time.Duration) (shylock.Lease, error) {
 	lo, hi, err := b.server.clock.Bounds(ctx)
 	if err != nil {
@@ -151,17 +151,20 @@ func (b *Backend) releaseServerNow(ctx context.Context, name, owner string, toke
 }
 
 // releaseClaimFor is how long the claim a release or an extend makes on servers without pipeline
-// updates keeps takeovers off once the lease has ended: one whose update reaches the server later
-// than that after its claim could still change a takeover's holding. It is also how long one
-// that dies between its claim and its update holds back the next holder beyond the lease's end.
+// updates keeps takeovers off once the lease has ended: an extend whose update reaches the server
+// later than that after its claim could land inside a takeover (a late release cannot harm one:
+// a takeover replaces the record, and the release rewrites the old one, which is gone). It is
+// also how long one that dies between its claim and its update holds back the next holder
+// beyond the lease's end.
 const releaseClaimFor = time.Second
 
 // releaseEstimated frees owner's record on servers that rewrite a matched record without
-// checking the filter again: a plain update there could free a takeover that happened between
-// its read and its write, and the next taker would repeat the new holder's token. So a release
-// first claims the next token, as a takeover does, and frees the record with that token: no
-// takeover can come between, and a takeover already under way owns the claim and makes the
-// release find nothing. Releasing costs a token; the sequence still only grows.
+// checking the filter again. A takeover replaces the record, so a release that such a server
+// applies after one rewrites a record that is gone. A release first claims the next token all
+// the same, as a takeover does: no takeover starts while it is under way, a takeover already
+// under way owns the claim and makes the release find nothing, and an amendment, which takes no
+// claim, sees by the claim that the holding is ending (see undoneChange). It frees the record
+// with that token: releasing costs a token; the sequence still only grows.
 func (b *Backend) releaseEstimated(ctx context.Context, name, owner string, token uint64) error {
 	if token == 0 {
 		// Clean-up after an attempt of unknown outcome: it may have left a claim, and its

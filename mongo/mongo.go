@@ -20,10 +20,11 @@
 // On them expiry is judged with an interval estimate of the server's clock, sampled from its
 // hello replies and corrected for the round trip, that never judges a live lock expired; every
 // change of holder, releases included, is decided by inserting a claim record for the next token
-// under the unique index, and an extend reads back what it wrote. An extend that reaches such a
-// server from before the end of its lease until after a takeover, or a release whose update
-// arrives more than 10 s after its claim, can still overwrite the new holding: keep TTLs far
-// above the server's worst stall.
+// under the unique index, a takeover replaces the record (a delete and an insert, so that a late
+// write of the old holding, which such a server applies by the old _id, changes nothing), and an
+// extend reads back what it wrote. An extend that reaches such a server more than a second after
+// its claim and after its lease's end can still land between a taker's read and its delete, and
+// look applied until its read-back: keep TTLs far above the server's worst stall.
 //
 // Every acquire attempt on the server-clock path carries a deadline (its context's, at most
 // shylock.AttemptTimeout away) that the pipeline checks against $$NOW, so an attempt held up in

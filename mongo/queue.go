@@ -172,17 +172,32 @@ type entryDoc struct {
 	Seen  time.Time `bson:"seen"`
 }
 
-// readEstimated reads name's record, and its queue into rec.Queue, in one find.
+// readEstimated reads name's record, its queue into rec.Queue, and the claim of the highest
+// token (the last change of holder begun) into rec.claim, in one find: a takeover replaces the
+// record (a delete, then an insert), and an attempt that finds no record must see whether one
+// is under way.
 func (b *Backend) readEstimated(ctx context.Context, name string) (record, error) {
 	var rec record
-	cur, err := b.coll.Find(ctx, withEntries(name))
+	cur, err := b.coll.Find(ctx, bson.D{{Key: "$or", Value: bson.A{withEntries(name), bson.D{{Key: "name", Value: claimRange(name)}}}}})
 	if err != nil {
 		return rec, err
 	}
 	defer cur.Close(context.WithoutCancel(ctx))
+	var claim *record
 	found := false
 	for cur.Next(ctx) {
-		if n, _ := cur.Current.Lookup("name").StringValueOK(); n != name {
+		n, _ := cur.Current.Lookup("name").StringValueOK()
+		if strings.HasPrefix(n, "\x00") {
+			var c record
+			if err := cur.Decode(&c); err != nil {
+				return rec, err
+			}
+			if claim == nil || c.Token > claim.Token {
+				claim = &c
+			}
+			continue
+		}
+		if n != name {
 			var e entryDoc
 			if err := cur.Decode(&e); err != nil {
 				return rec, err
@@ -202,6 +217,7 @@ func (b *Backend) readEstimated(ctx context.Context, name string) (record, error
 	if err := cur.Err(); err != nil {
 		return rec, err
 	}
+	rec.claim = claim
 	if !found {
 		return rec, mongo.ErrNoDocuments
 	}
