@@ -10,7 +10,9 @@ import (
 	"time"
 
 	"go.mongodb.org/mongo-driver/v2/bson"
+	"go.mongodb.org/mongo-driver/v2/event"
 	mdb "go.mongodb.org/mongo-driver/v2/mongo"
+	"go.mongodb.org/mongo-driver/v2/mongo/options"
 
 	"github.com/shylock-go/shylock"
 	"github.com/shylock-go/shylock/mongo"
@@ -150,4 +152,76 @@ func TestUncontendedAcquireCostsWhatTryAcquireCosts(t *testing.T) {
 		t.Fatalf("20 uncontended Acquire+Release sent %d commands, 20 TryAcquire+Release %d", acquire, try)
 	}
 	t.Logf("20 uncontended Acquire+Release: %d commands; TryAcquire+Release: %d", acquire, try)
+}
+
+// TestBurstOfAttemptsSharesReads: on the estimate path, where the server answers every find but
+// one by _id with a scan of the collection (FerretDB 1.x), attempts that begin together share
+// their reads, and each still learns who holds its own lock; the queue entries they write are
+// found by _id, which such a server looks up without a scan.
+func TestBurstOfAttemptsSharesReads(t *testing.T) {
+	ctx := context.Background()
+	coll := collection(t)
+	holder := newMongo(t, coll, mongo.WithServerClock(false), mongo.WithReleaseEvents(false))
+	const n = 200
+	for i := range n {
+		req := shylock.AcquireRequest{Name: fmt.Sprint("burst/", i), Owner: fmt.Sprint("holder-", i), Label: fmt.Sprint("label-", i),
+			TTL: time.Minute, Queue: "the holders' process"}
+		if _, err := holder.Acquire(ctx, req); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var finds atomic.Int64
+	o := options.Client().ApplyURI(mongoURI).SetMonitor(&event.CommandMonitor{Started: func(_ context.Context, e *event.CommandStartedEvent) {
+		if e.CommandName == "find" {
+			finds.Add(1)
+		}
+	}})
+	c, err := mdb.Connect(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Disconnect(context.Background()) })
+	waiting := newMongo(t, c.Database(coll.Database().Name()).Collection(coll.Name()), mongo.WithServerClock(false), mongo.WithReleaseEvents(false))
+
+	before := finds.Load()
+	start := make(chan struct{})
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			<-start
+			_, errs[i] = waiting.Acquire(ctx, shylock.AcquireRequest{Name: fmt.Sprint("burst/", i), Owner: fmt.Sprint("waiter-", i),
+				TTL: time.Minute, Wait: true, Queue: "the waiters' process"})
+		})
+	}
+	close(start)
+	wg.Wait()
+	sent := finds.Load() - before
+	for i, err := range errs {
+		var h *shylock.HeldError
+		if !errors.As(err, &h) || h.Label != fmt.Sprint("label-", i) {
+			t.Fatalf("attempt on burst/%d: %v, want it refused as held by label-%d", i, err, i)
+		}
+	}
+	if sent >= n/2 {
+		t.Fatalf("%d attempts begun together on different names sent %d finds: their reads were not shared", n, sent)
+	}
+	t.Logf("%d attempts begun together on different names: %d finds", n, sent)
+
+	var entries []bson.M
+	cur, err := coll.Find(ctx, bson.D{{Key: "name", Value: bson.D{{Key: "$regex", Value: "\x00q"}}}})
+	if err == nil {
+		err = cur.All(ctx, &entries)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(entries) != n {
+		t.Fatalf("%d queue entries after %d refused waiters, want %d", len(entries), n, n)
+	}
+	for _, e := range entries {
+		if e["_id"] != e["name"] {
+			t.Fatalf("queue entry %q has _id %v: a server that finds by scanning must scan for it", e["name"], e["_id"])
+		}
+	}
 }

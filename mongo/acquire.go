@@ -17,7 +17,7 @@ import (
 
 // record is the stored document.
 type record struct {
-	ID         bson.ObjectID         `bson:"_id,omitempty"`
+	ID         any                   `bson:"_id,omitempty"` // an ObjectID; a queue entry's is its name
 	Name       string                `bson:"name"`
 	Owner      string                `bson:"owner"`
 	Label      string                `bson:"label"`
@@ -202,7 +202,7 @@ func (b *Backend) acquireEstimated(ctx context.Context, req shylock.AcquireReque
 		return unapplied("acquire", req.Name, err)
 	}
 	for range 3 {
-		cur, err := b.readEstimated(ctx, req.Name)
+		cur, err := b.reads.read(ctx, req.Name)
 		lo, hi, berr := b.server.clock.Bounds(ctx)
 		if berr != nil {
 			return shylock.Lease{}, unread(berr)

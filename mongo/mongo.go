@@ -75,6 +75,7 @@ type Backend struct {
 	server  *server
 	hub     *waiter.Hub
 	janitor *janitor.Janitor
+	reads   *reads // of the estimate path's attempts
 	closed  atomic.Bool
 
 	inflight janitor.Deadlines // of server-clock acquire attempts, for Abandon
@@ -120,6 +121,7 @@ func New(ctx context.Context, coll *mongo.Collection, opts ...Option) (*Backend,
 		streams:   coll.Clone(options.Collection().SetReadConcern(readconcern.Majority())),
 		log:       s.log,
 		janitor:   janitor.New(s.log),
+		reads:     newReads(coll),
 		grace:     s.grace.Round(time.Second),
 		noStreams: !s.streams,
 	}
@@ -196,6 +198,7 @@ func (b *Backend) Close() {
 	b.closed.Store(true)
 	b.hub.Close()
 	b.janitor.Close()
+	b.reads.close()
 	b.streamOnce.Do(func() {}) // no stream may start after Close
 	if b.streamStop != nil {
 		b.streamStop()

@@ -138,7 +138,7 @@ func (b *Backend) renewQueue(ctx context.Context, party string, names []string) 
 // leaveQueue takes party's entry out of name's queue.
 func (b *Backend) leaveQueue(ctx context.Context, party, name string) error {
 	if !b.serverNow {
-		_, err := b.coll.DeleteOne(ctx, byName(entryName(name, party)))
+		_, err := b.coll.DeleteOne(ctx, byID(entryName(name, party)))
 		return err
 	}
 	_, err := b.coll.UpdateOne(ctx,
@@ -150,7 +150,8 @@ func (b *Backend) leaveQueue(ctx context.Context, party, name string) error {
 // On the estimate path the queue cannot live in the record: the servers that take it (FerretDB
 // 1.x) apply an update by reading the document and writing it back whole, so a waiter's entry
 // written beside a release or a takeover could undo it. Each entry is a document of its own
-// instead, written by its party's process alone: {name: entryName, since, seen, expiresAt}.
+// instead, written by its party's process alone: {_id and name: entryName, since, seen,
+// expiresAt}.
 // The attempt's one find reads the record and its entries together.
 
 // An entry's name is the lock's name, a NUL (which no lock name holds) and the party's key, so
@@ -170,58 +171,6 @@ type entryDoc struct {
 	Name  string    `bson:"name"`
 	Since time.Time `bson:"since"`
 	Seen  time.Time `bson:"seen"`
-}
-
-// readEstimated reads name's record, its queue into rec.Queue, and the claim of the highest
-// token (the last change of holder begun) into rec.claim, in one find: a takeover replaces the
-// record (a delete, then an insert), and an attempt that finds no record must see whether one
-// is under way.
-func (b *Backend) readEstimated(ctx context.Context, name string) (record, error) {
-	var rec record
-	cur, err := b.coll.Find(ctx, bson.D{{Key: "$or", Value: bson.A{withEntries(name), bson.D{{Key: "name", Value: claimRange(name)}}}}})
-	if err != nil {
-		return rec, err
-	}
-	defer cur.Close(context.WithoutCancel(ctx))
-	var claim *record
-	found := false
-	for cur.Next(ctx) {
-		n, _ := cur.Current.Lookup("name").StringValueOK()
-		if strings.HasPrefix(n, "\x00") {
-			var c record
-			if err := cur.Decode(&c); err != nil {
-				return rec, err
-			}
-			if claim == nil || c.Token > claim.Token {
-				claim = &c
-			}
-			continue
-		}
-		if n != name {
-			var e entryDoc
-			if err := cur.Decode(&e); err != nil {
-				return rec, err
-			}
-			if rec.Queue == nil {
-				rec.Queue = map[string]queueEntry{}
-			}
-			rec.Queue[e.Name[strings.LastIndexByte(e.Name, 0)+2:]] = queueEntry{Since: e.Since, Seen: e.Seen}
-			continue
-		}
-		q := rec.Queue
-		if err := cur.Decode(&rec); err != nil {
-			return rec, err
-		}
-		rec.Queue, found = q, true
-	}
-	if err := cur.Err(); err != nil {
-		return rec, err
-	}
-	rec.claim = claim
-	if !found {
-		return rec, mongo.ErrNoDocuments
-	}
-	return rec, nil
 }
 
 // queued reports, on the estimate path, whether a live entry of another party than party's came
@@ -260,11 +209,19 @@ func (b *Backend) joinEstimated(ctx context.Context, req shylock.AcquireRequest,
 	if mine == nil {
 		set = append(set, bson.E{Key: "since", Value: hi})
 	}
-	_, err := b.coll.UpdateOne(ctx, byName(entryName(req.Name, req.Queue)), bson.D{{Key: "$set", Value: set}}, options.UpdateOne().SetUpsert(true))
+	entry := entryName(req.Name, req.Queue)
+	_, err := b.coll.UpdateOne(ctx, byID(entry), bson.D{{Key: "$set", Value: set}, {Key: "$setOnInsert", Value: byName(entry)}},
+		options.UpdateOne().SetUpsert(true))
 	if err == nil || mongo.IsDuplicateKeyError(err) { // another waiter of this process wrote it
 		b.hub.Joined(req.Name, req.Queue)
 	}
 }
+
+// byID finds a queue entry by its _id, which is its name: the one filter that servers which
+// find by scanning (FerretDB 1.x) answer from an index, so that a thousand waiters joining their
+// queues do not scan the collection a thousand times. Its name, under the unique index, is what
+// every other query matches on.
+func byID(entry string) bson.D { return bson.D{{Key: "_id", Value: entry}} }
 
 // leaveEstimated removes the caller's entry, once it took the lock, and the dead entries it saw.
 func (b *Backend) leaveEstimated(ctx context.Context, req shylock.AcquireRequest, rec record, dead []string) {
