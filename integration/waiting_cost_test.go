@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -208,13 +209,18 @@ func TestBurstOfAttemptsSharesReads(t *testing.T) {
 	}
 	t.Logf("%d attempts begun together on different names: %d finds", n, sent)
 
-	var entries []bson.M
-	cur, err := coll.Find(ctx, bson.D{{Key: "name", Value: bson.D{{Key: "$regex", Value: "\x00q"}}}})
+	var docs, entries []bson.M
+	cur, err := coll.Find(ctx, bson.D{})
 	if err == nil {
-		err = cur.All(ctx, &entries)
+		err = cur.All(ctx, &docs)
 	}
 	if err != nil {
 		t.Fatal(err)
+	}
+	for _, d := range docs {
+		if name, _ := d["name"].(string); strings.Contains(name, "\x00q") { // servers refuse a NUL in a $regex
+			entries = append(entries, d)
+		}
 	}
 	if len(entries) != n {
 		t.Fatalf("%d queue entries after %d refused waiters, want %d", len(entries), n, n)
