@@ -72,18 +72,20 @@ func WithMaxHold(d time.Duration) Option {
 	}
 }
 
-// WithRetry sets the bounds of the polling while waiting for a held lock (defaults 25ms and
-// 50ms): polls start min apart and double, with jitter, up to max, and never wait beyond the
-// holder's known expiry. Where releases reach waiters by other means (a change stream, release
+// WithRetry sets the bounds of the polling while waiting for a held lock (defaults 25ms and 50ms):
+// polls start min apart and double, with jitter, up to max, and never wait beyond the holder's
+// known expiry. Where one probe takes long (a server that scans the collection to answer it), the
+// next waits at least twice as long as it took, so that a process's probes keep the server busy a
+// third of the time at most. Where releases reach waiters by other means (a change stream, release
 // events, or a backend in process memory), polls only look for expiry and lost notifications, at
 // least 10s apart, and a release wakes a waiter at once. After errors, attempts back off from min
 // up to max or a second, whichever is longer.
 //
 // Rule of thumb: max is the handoff latency you accept across processes where releases are not
 // pushed (ArangoDB, FerretDB 2.x); each waiting process then sends about 1/max probes per second,
-// each one query for every name it waits on, however many goroutines and names wait. Measured on FerretDB, the defaults give
-// a cross-process handoff of 26 ms at the median (Python's shylock polls every 62.5 ms) for 25
-// probes a second; a max of 1s gives 447 ms for 1.3.
+// each one query for every name it waits on, however many goroutines and names wait. Measured on
+// FerretDB, the defaults give a cross-process handoff of 26 ms at the median (Python's shylock
+// polls every 62.5 ms) for 25 probes a second; a max of 1s gives 447 ms for 1.3.
 func WithRetry(min, max time.Duration) Option {
 	return func(c *config) {
 		if min <= 0 || max < min {

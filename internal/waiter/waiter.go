@@ -48,6 +48,14 @@ const MaxBatch = 1000
 // (a thousand goroutines starting to wait) from sending a probe each.
 const joinDelay = 2 * time.Millisecond
 
+// probeShare bounds the share of the server's time that a poller's probes take: after a probe
+// that took d, names it found held wait at least (probeShare-1)×d for the next, whatever their
+// poll interval. Where a probe takes a millisecond or two this never binds; where the server
+// scans the whole collection for it (FerretDB 1.x, a process waiting on 1,000 names, 0.1 s a
+// probe), back-to-back probes kept the server busy and made another client's find 5× slower.
+// A waiter still wakes at its holder's expiry.
+const probeShare = 3
+
 // probeTimeout bounds one probe, so a hung server cannot stall the poller forever.
 const probeTimeout = 10 * time.Second
 
@@ -376,12 +384,14 @@ func (h *Hub) poll(ctx context.Context, p *poller) {
 				names[i] = g.name
 			}
 			pctx, cancel := context.WithTimeout(ctx, probeTimeout)
+			sent := time.Now()
 			held, err := h.probe(pctx, names)
 			cancel()
 			if ctx.Err() != nil {
 				return
 			}
-			h.apply(chunk, held, err, time.Now())
+			now := time.Now()
+			h.apply(chunk, held, err, now, now.Sub(sent))
 		}
 	}
 }
@@ -417,8 +427,9 @@ func (h *Hub) dueBatch(now time.Time) ([]*group, time.Duration) {
 // poll, all take the first one's draw of the delay (within their own bounds): groups probed
 // together stay together, one probe per tick. With a draw each, their next probes spread over the
 // jitter, the next batch took only those due early enough, and the names split into cohorts
-// probed in turn (100 names: two probes every 28 ms where one name has one).
-func (h *Hub) apply(batch []*group, held map[string]time.Duration, err error, now time.Time) {
+// probed in turn (100 names: two probes every 28 ms where one name has one). took is how long
+// the probe took: see probeShare.
+func (h *Hub) apply(batch []*group, held map[string]time.Duration, err error, now time.Time, took time.Duration) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	var shared time.Duration // the held groups' delay, drawn by the first of them
@@ -452,6 +463,9 @@ func (h *Hub) apply(batch []*group, held map[string]time.Duration, err error, no
 			shared = delay
 		default:
 			delay = min(max(shared, minPoll), maxPoll)
+		}
+		if err == nil && isHeld {
+			delay = max(delay, (probeShare-1)*took)
 		}
 		g.due, g.early = now.Add(delay), now.Add(delay/2)
 		if hint := max(remaining, time.Millisecond); err == nil && isHeld && hint < delay {

@@ -288,6 +288,33 @@ func TestNamesProbedTogetherStayTogether(t *testing.T) {
 	}
 }
 
+// TestSlowProbesLeaveTheServerMostlyIdle: where each probe takes long (a server that scans the
+// collection for it), the poller waits in proportion before the next, whatever the poll
+// interval: back to back, a 40 ms probe every 5-10 ms kept the server busy 80% of the time.
+func TestSlowProbesLeaveTheServerMostlyIdle(t *testing.T) {
+	const took = 40 * time.Millisecond
+	var calls atomic.Int32
+	h := New(func(_ context.Context, batch []string) (map[string]time.Duration, error) {
+		time.Sleep(took)
+		calls.Add(1)
+		return map[string]time.Duration{batch[0]: time.Hour}, nil
+	}, nil)
+	defer h.Close()
+	s := h.Subscribe("slow", 5*time.Millisecond, 10*time.Millisecond)
+	defer s.Close()
+	time.Sleep(200 * time.Millisecond)
+	c0, start := calls.Load(), time.Now()
+	time.Sleep(1500 * time.Millisecond)
+	c := calls.Load() - c0
+	if c == 0 {
+		t.Fatal("no probe in 1.5 s")
+	}
+	if share := float64(c) * float64(took) / float64(time.Since(start)); share > 1.0/probeShare+0.1 {
+		t.Fatalf("%d probes of %v in %v: the server was probed %.0f%% of the time, want at most %.0f%%",
+			c, took, time.Since(start).Round(time.Millisecond), 100*share, 100.0/probeShare)
+	}
+}
+
 // blockingProbe answers held for an hour, each call once the test lets it.
 type blockingProbe struct {
 	calls   chan []string
