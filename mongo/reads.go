@@ -9,6 +9,7 @@ import (
 
 	"go.mongodb.org/mongo-driver/v2/bson"
 	"go.mongodb.org/mongo-driver/v2/mongo"
+	"go.mongodb.org/mongo-driver/v2/mongo/options"
 
 	"github.com/shylock-go/shylock"
 )
@@ -151,7 +152,11 @@ func (c *readCall) find(ctx context.Context, coll *mongo.Collection) error {
 	if len(ranges) > 1 {
 		filter = bson.D{{Key: "$or", Value: ranges}}
 	}
-	cur, err := coll.Find(ctx, filter)
+	// All in the first reply, as a probe's: FerretDB 1.24 holds one of its 100 SQLite
+	// connections for each open cursor, for as long as the client connection lives, and a find
+	// that outlived its caller's deadline left one open that nothing would ever read. A hundred
+	// such stalled that server.
+	cur, err := coll.Find(ctx, filter, options.Find().SetBatchSize(probeBatch))
 	if err != nil {
 		return err
 	}
