@@ -152,11 +152,17 @@ func (c *readCall) find(ctx context.Context, coll *mongo.Collection) error {
 	if len(ranges) > 1 {
 		filter = bson.D{{Key: "$or", Value: ranges}}
 	}
-	// All in the first reply, as a probe's: FerretDB 1.24 holds one of its 100 SQLite
-	// connections for each open cursor, for as long as the client connection lives, and a find
-	// that outlived its caller's deadline left one open that nothing would ever read. A hundred
-	// such stalled that server.
-	cur, err := coll.Find(ctx, filter, options.Find().SetBatchSize(probeBatch))
+	opts := options.Find()
+	if len(names) > readSpanAbove {
+		// A span may hold hundreds of documents: all in the first reply, as a probe's. FerretDB
+		// 1.24 holds one of its 100 SQLite connections for each open cursor, for as long as the
+		// client connection lives, and a find that outlived its caller's deadline left one open
+		// that nothing would ever read: a hundred such stalled that server. Not for a few names,
+		// whose documents fit the first batch anyway: it spends time in proportion to the batch
+		// size asked for.
+		opts.SetBatchSize(probeBatch)
+	}
+	cur, err := coll.Find(ctx, filter, opts)
 	if err != nil {
 		return err
 	}
